@@ -1,0 +1,98 @@
+// Typed, validated configuration. Filled by config::load() (src/config) from
+// one INI file; every other module reads it and never parses text itself.
+// Defaults here are the documented defaults (docs/CONFIG.md is generated from
+// the same key table in src/config/config.cpp).
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tr {
+
+// A resolved socket address plus the text the user wrote (for logs).
+struct SockAddr {
+  sockaddr_storage storage{};
+  socklen_t len = 0;
+  std::string text;  // "host:port" as configured
+
+  const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&storage); }
+  uint16_t port() const;
+};
+
+enum class IoMode { automatic, io_uring, epoll };
+
+struct BackendConfig {
+  std::string name;  // from "[backend NAME]"
+  std::string url;   // as written, e.g. "http://10.0.0.5:8000"
+  std::string host;  // host part of url (for the Host header of probes)
+  uint16_t port = 80;
+  std::string base_path;  // path prefix of url without trailing '/', usually ""
+  SockAddr addr;          // resolved at load time
+  // Optional engine facts (issue 3); 0 = learn from /metrics.
+  uint32_t max_num_batched_tokens = 0;
+  uint32_t max_num_seqs = 0;
+  double weight = 1.0;
+  int line = 0;  // line of the section header, for messages
+};
+
+struct ProxyConfig {
+  SockAddr listen;               // [proxy] listen, default 0.0.0.0:8000
+  uint32_t workers = 0;          // [proxy] workers, 0 = auto (one per online CPU)
+  IoMode io = IoMode::automatic; // [proxy] io
+  uint32_t drain_timeout_ms = 30000;  // [proxy] drain_timeout_ms
+  uint32_t recv_buffer_bytes = 16384; // [proxy] recv_buffer_bytes (power of two)
+  uint32_t recv_buffers = 4096;       // [proxy] recv_buffers per worker (power of two)
+};
+
+struct AdminConfig {
+  SockAddr listen;  // [admin] listen, default 127.0.0.1:9100
+};
+
+struct PollerConfig {
+  uint32_t interval_ms = 100;          // [poller] interval_ms (metrics scrape)
+  uint32_t health_interval_ms = 1000;  // [poller] health_interval_ms
+  uint32_t timeout_ms = 1000;          // [poller] timeout_ms (per scrape deadline)
+};
+
+struct LimitsConfig {
+  uint32_t request_line_bytes = 8 * 1024;     // [limits] request_line_bytes -> 414
+  uint32_t header_bytes = 16 * 1024;          // [limits] header_bytes -> 431
+  uint32_t header_count = 100;                // [limits] header_count -> 431
+  uint64_t body_bytes = 32ull * 1024 * 1024;  // [limits] body_bytes -> 413
+  uint32_t connections_per_worker = 16384;    // [limits] connections_per_worker
+  uint32_t stream_buffer_bytes = 1024 * 1024; // [limits] stream_buffer_bytes: unsent bytes
+                                              // per stream before upstream reads pause
+};
+
+struct TimeoutsConfig {
+  uint32_t client_header_ms = 10000;          // [timeouts] client_header_ms -> 408
+  uint32_t client_body_idle_ms = 60000;       // [timeouts] client_body_idle_ms
+  uint32_t keepalive_idle_ms = 60000;         // [timeouts] keepalive_idle_ms
+  uint32_t client_write_ms = 60000;           // [timeouts] client_write_ms
+  uint32_t upstream_connect_ms = 5000;        // [timeouts] upstream_connect_ms
+  uint32_t upstream_first_byte_ms = 300000;   // [timeouts] upstream_first_byte_ms -> 504
+  uint32_t upstream_idle_ms = 60000;          // [timeouts] upstream_idle_ms
+};
+
+struct UpstreamConfig {
+  uint32_t keepalive_per_backend = 64;  // [upstream] keepalive_per_backend (per worker)
+  uint32_t keepalive_idle_ms = 4000;    // [upstream] keepalive_idle_ms (below uvicorn's 5 s)
+  uint32_t max_attempts = 3;            // [upstream] max_attempts: connect-failure walk
+};
+
+struct Config {
+  std::string path;  // file it was loaded from
+  ProxyConfig proxy;
+  AdminConfig admin;
+  PollerConfig poller;
+  LimitsConfig limits;
+  TimeoutsConfig timeouts;
+  UpstreamConfig upstream;
+  std::vector<BackendConfig> backends;  // in file order
+};
+
+}  // namespace tr

@@ -1,0 +1,22 @@
+// What the proxy learns from an OpenAI request body (src/openai), used for
+// routing, logs and metrics. Never needed to forward the request: the body is
+// forwarded unchanged whatever this says.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace tr {
+
+struct RequestFacts {
+  bool json_ok = false;       // body parsed as a JSON object
+  bool stream = false;        // "stream": true
+  bool include_usage = false; // "stream_options": {"include_usage": true}
+  std::string model;          // "model" (empty when absent)
+  int64_t max_tokens = -1;    // "max_completion_tokens" or "max_tokens"; -1 when absent
+  uint64_t prompt_chars = 0;  // characters of prompt text (prompt / messages[].content)
+  uint64_t prompt_token_ids = 0;  // token ids given directly (prompt as int array)
+  uint32_t messages = 0;      // number of chat messages
+};
+
+}  // namespace tr

@@ -1,0 +1,285 @@
+#include "admin/admin.hpp"
+
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "core/clock.hpp"
+#include "core/log.hpp"
+
+namespace tr::admin {
+
+namespace {
+
+constexpr int kReadTimeoutMs = 2000;
+constexpr size_t kMaxRequestBytes = 8192;
+
+void appendf(std::string* out, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+void appendf(std::string* out, const char* fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = std::vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  if (n > 0) out->append(buf, static_cast<size_t>(n) < sizeof buf ? n : sizeof buf - 1);
+}
+
+// Prometheus label values: escape backslash, quote and newline.
+std::string label(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out.push_back('\\');
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out.push_back(c);
+  }
+  return out;
+}
+
+std::string code_label(size_t slot) {
+  if (slot < proxy::kNamedCodes) return std::to_string(proxy::kCodes[slot]);
+  return std::to_string(slot - proxy::kNamedCodes + 1) + "xx";
+}
+
+void family(std::string* out, const char* name, const char* type, const char* help) {
+  appendf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+}  // namespace
+
+std::string render_metrics(const Sources& src) {
+  std::string out;
+  out.reserve(16384);
+  const auto& backends = src.cfg->backends;
+  const size_t nb = backends.size();
+
+  family(&out, "tokenrelay_build_info", "gauge", "Build and runtime facts.");
+  appendf(&out, "tokenrelay_build_info{io=\"%s\",version=\"%s\",workers=\"%zu\"} 1\n",
+          src.io_backend.c_str(), TOKENRELAY_VERSION, src.workers.size());
+
+  family(&out, "tokenrelay_requests_total", "counter",
+         "Requests answered, by replica (empty: answered by the proxy) and status code.");
+  for (size_t b = 0; b <= nb; ++b) {
+    std::string name = b < nb ? label(backends[b].name) : std::string();
+    for (size_t slot = 0; slot < proxy::kCodeSlots; ++slot) {
+      uint64_t v = 0;
+      for (const proxy::WorkerStats* w : src.workers) {
+        v += (b < nb ? w->backend(b) : w->none()).requests[slot].get();
+      }
+      if (v == 0 && !(slot == 0 && b < nb)) continue;
+      appendf(&out, "tokenrelay_requests_total{backend=\"%s\",code=\"%s\"} %llu\n", name.c_str(),
+              code_label(slot).c_str(), static_cast<unsigned long long>(v));
+    }
+  }
+
+  family(&out, "tokenrelay_inflight_requests", "gauge",
+         "Requests routed to a replica and not finished yet.");
+  for (size_t b = 0; b < nb; ++b) {
+    appendf(&out, "tokenrelay_inflight_requests{backend=\"%s\"} %lld\n",
+            label(backends[b].name).c_str(),
+            static_cast<long long>(src.table->at(b).inflight.load(std::memory_order_relaxed)));
+  }
+
+  family(&out, "tokenrelay_backend_up", "gauge", "1 if the replica passes its health check.");
+  for (size_t b = 0; b < nb; ++b) {
+    appendf(&out, "tokenrelay_backend_up{backend=\"%s\"} %d\n", label(backends[b].name).c_str(),
+            src.table->at(b).up.load(std::memory_order_relaxed) ? 1 : 0);
+  }
+
+  family(&out, "tokenrelay_upstream_retries_total", "counter",
+         "Attempts moved to another replica or connection before any response byte.");
+  for (size_t b = 0; b < nb; ++b) {
+    uint64_t v = 0;
+    for (const proxy::WorkerStats* w : src.workers) v += w->backend(b).retries.get();
+    appendf(&out, "tokenrelay_upstream_retries_total{backend=\"%s\"} %llu\n",
+            label(backends[b].name).c_str(), static_cast<unsigned long long>(v));
+  }
+
+  family(&out, "tokenrelay_time_to_first_token_seconds", "histogram",
+         "From the end of the client's request to the first SSE data event relayed.");
+  {
+    uint64_t cum = 0;
+    for (size_t i = 0; i <= proxy::kTtftBucketCount; ++i) {
+      for (const proxy::WorkerStats* w : src.workers) cum += w->ttft_buckets[i].get();
+      if (i < proxy::kTtftBucketCount) {
+        appendf(&out, "tokenrelay_time_to_first_token_seconds_bucket{le=\"%g\"} %llu\n",
+                proxy::kTtftBuckets[i], static_cast<unsigned long long>(cum));
+      } else {
+        appendf(&out, "tokenrelay_time_to_first_token_seconds_bucket{le=\"+Inf\"} %llu\n",
+                static_cast<unsigned long long>(cum));
+      }
+    }
+    uint64_t count = 0;
+    uint64_t sum_us = 0;
+    for (const proxy::WorkerStats* w : src.workers) {
+      count += w->ttft_count.get();
+      sum_us += w->ttft_sum_us.get();
+    }
+    appendf(&out, "tokenrelay_time_to_first_token_seconds_sum %.6f\n",
+            static_cast<double>(sum_us) / 1e6);
+    appendf(&out, "tokenrelay_time_to_first_token_seconds_count %llu\n",
+            static_cast<unsigned long long>(count));
+  }
+
+  auto sum = [&](auto get) {
+    uint64_t v = 0;
+    for (const proxy::WorkerStats* w : src.workers) v += get(*w);
+    return static_cast<unsigned long long>(v);
+  };
+  family(&out, "tokenrelay_stream_events_total", "counter", "SSE data events relayed to clients.");
+  appendf(&out, "tokenrelay_stream_events_total %llu\n",
+          sum([](const proxy::WorkerStats& w) { return w.stream_events.get(); }));
+
+  family(&out, "tokenrelay_request_failures_total", "counter",
+         "Exchanges that did not end normally, by reason.");
+  for (size_t r = 0; r < static_cast<size_t>(proxy::Failure::count_); ++r) {
+    appendf(&out, "tokenrelay_request_failures_total{reason=\"%s\"} %llu\n",
+            proxy::kFailureNames[r],
+            sum([r](const proxy::WorkerStats& w) { return w.failures[r].get(); }));
+  }
+
+  family(&out, "tokenrelay_request_json_malformed_total", "counter",
+         "Request bodies that were not valid JSON (forwarded unchanged).");
+  appendf(&out, "tokenrelay_request_json_malformed_total %llu\n",
+          sum([](const proxy::WorkerStats& w) { return w.json_malformed.get(); }));
+
+  family(&out, "tokenrelay_connections_accepted_total", "counter", "Client connections accepted.");
+  appendf(&out, "tokenrelay_connections_accepted_total %llu\n",
+          sum([](const proxy::WorkerStats& w) { return w.connections_accepted.get(); }));
+  family(&out, "tokenrelay_connections_rejected_total", "counter",
+         "Client connections closed at accept (limit reached or draining).");
+  appendf(&out, "tokenrelay_connections_rejected_total %llu\n",
+          sum([](const proxy::WorkerStats& w) { return w.connections_rejected.get(); }));
+  family(&out, "tokenrelay_connections_open", "gauge", "Client connections open.");
+  long long open = 0;
+  for (const proxy::WorkerStats* w : src.workers) {
+    open += w->connections_open.load(std::memory_order_relaxed);
+  }
+  appendf(&out, "tokenrelay_connections_open %lld\n", open);
+  family(&out, "tokenrelay_upstream_connects_total", "counter",
+         "New connections opened to replicas.");
+  appendf(&out, "tokenrelay_upstream_connects_total %llu\n",
+          sum([](const proxy::WorkerStats& w) { return w.upstream_connects.get(); }));
+  family(&out, "tokenrelay_upstream_reuses_total", "counter",
+         "Requests sent on a pooled keep-alive connection.");
+  appendf(&out, "tokenrelay_upstream_reuses_total %llu\n",
+          sum([](const proxy::WorkerStats& w) { return w.upstream_reuses.get(); }));
+  return out;
+}
+
+AdminServer::~AdminServer() { stop(); }
+
+bool AdminServer::start(const SockAddr& addr, const Sources* src, std::string* err) {
+  src_ = src;
+  listen_fd_ = ::socket(addr.storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (listen_fd_ < 0) {
+    *err = std::string("admin socket: ") + std::strerror(errno);
+    return false;
+  }
+  int one = 1;
+  setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (::bind(listen_fd_, addr.sa(), addr.len) != 0 || ::listen(listen_fd_, 64) != 0) {
+    *err = "admin listen " + addr.text + ": " + std::strerror(errno);
+    ::close(listen_fd_);
+    listen_fd_ = -1;
+    return false;
+  }
+  sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &sl);
+  port_ = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
+                                         : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  stop_fd_ = eventfd(0, EFD_CLOEXEC);
+  thread_ = std::thread([this] { run(); });
+  return true;
+}
+
+void AdminServer::stop() {
+  if (thread_.joinable()) {
+    uint64_t one = 1;
+    ssize_t n = ::write(stop_fd_, &one, sizeof one);
+    (void)n;
+    thread_.join();
+  }
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+  if (stop_fd_ >= 0) ::close(stop_fd_);
+  listen_fd_ = stop_fd_ = -1;
+}
+
+void AdminServer::run() {
+  pthread_setname_np(pthread_self(), "tr-admin");
+  for (;;) {
+    pollfd pfd[2] = {{listen_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    int n = poll(pfd, 2, -1);
+    if (n < 0 && errno == EINTR) continue;
+    if (pfd[1].revents) return;
+    if (!(pfd[0].revents & POLLIN)) continue;
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) continue;
+    serve_one(fd);
+    ::close(fd);
+  }
+}
+
+// One request per connection (Connection: close), bounded in size and time.
+void AdminServer::serve_one(int fd) {
+  std::string req;
+  int64_t deadline = mono_ms() + kReadTimeoutMs;
+  char buf[2048];
+  while (req.find("\r\n\r\n") == std::string::npos) {
+    int64_t left = deadline - mono_ms();
+    if (left <= 0 || req.size() > kMaxRequestBytes) return;
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(left)) <= 0) return;
+    ssize_t r = ::recv(fd, buf, sizeof buf, 0);
+    if (r <= 0) return;
+    req.append(buf, static_cast<size_t>(r));
+  }
+  size_t sp1 = req.find(' ');
+  size_t sp2 = sp1 == std::string::npos ? sp1 : req.find(' ', sp1 + 1);
+  std::string method = sp1 == std::string::npos ? "" : req.substr(0, sp1);
+  std::string path = sp2 == std::string::npos ? "" : req.substr(sp1 + 1, sp2 - sp1 - 1);
+  if (size_t q = path.find('?'); q != std::string::npos) path.resize(q);
+
+  int status = 200;
+  std::string body;
+  const char* ctype = "text/plain; charset=utf-8";
+  if (method != "GET" && method != "HEAD") {
+    status = 405;
+    body = "method not allowed\n";
+  } else if (path == "/metrics") {
+    body = render_metrics(*src_);
+    ctype = "text/plain; version=0.0.4; charset=utf-8";
+  } else if (path == "/health") {
+    bool up = src_->table->any_up();
+    status = up ? 200 : 503;
+    body = up ? "ok\n" : "no replica is up\n";
+  } else {
+    status = 404;
+    body = "not found: try /metrics or /health\n";
+  }
+  std::string resp;
+  appendf(&resp,
+          "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
+          status, status == 200 ? "OK" : status == 503 ? "Service Unavailable" : "Error", ctype,
+          body.size());
+  if (method != "HEAD") resp += body;
+  size_t off = 0;
+  while (off < resp.size()) {
+    pollfd p{fd, POLLOUT, 0};
+    if (poll(&p, 1, kReadTimeoutMs) <= 0) return;
+    ssize_t w = ::send(fd, resp.data() + off, resp.size() - off, MSG_NOSIGNAL);
+    if (w <= 0) return;
+    off += static_cast<size_t>(w);
+  }
+}
+
+}  // namespace tr::admin

@@ -1,0 +1,322 @@
+#include "poller/poller.hpp"
+
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <thread>
+#include <utility>
+
+#include "core/assert.hpp"
+#include "core/clock.hpp"
+#include "core/log.hpp"
+#include "poller/http_client.hpp"
+#include "poller/models.hpp"
+#include "scores/table.hpp"
+
+namespace tr::poller {
+
+namespace {
+
+// One keep-alive connection per replica per kind of request, so a slow
+// /v1/models never delays a health check (issue 3 adds kMetrics).
+enum Channel : uint32_t { kHealth = 0, kModels = 1, kChannelCount = 2 };
+
+enum class HealthState : uint8_t { unknown, down, up };
+
+std::string host_header(const BackendConfig& b) {
+  if (b.host.empty()) return b.addr.text;
+  std::string h;
+  bool bracket = b.host.find(':') != std::string::npos && b.host.front() != '[';
+  if (bracket) h.push_back('[');
+  h.append(b.host);
+  if (bracket) h.push_back(']');
+  h.push_back(':');
+  h.append(std::to_string(b.port));
+  return h;
+}
+
+std::vector<Target> make_targets(const tr::Config& cfg) {
+  std::vector<Target> targets;
+  targets.reserve(cfg.backends.size());
+  for (const BackendConfig& b : cfg.backends) {
+    Target t;
+    t.addr = b.addr.storage;
+    t.addr_len = b.addr.len;
+    t.host_header = host_header(b);
+    targets.push_back(std::move(t));
+  }
+  return targets;
+}
+
+// "HTTP 503" or "connect: Connection refused".
+std::string describe(const Response& r) {
+  if (r.status > 0) return "HTTP " + std::to_string(r.status);
+  char buf[128];
+  const char* text = strerror_r(-r.status, buf, sizeof buf);  // GNU variant
+  std::string s = stage_name(r.stage);
+  s.append(": ").append(text);
+  return s;
+}
+
+uint32_t saturating_inc(uint32_t v) { return v == UINT32_MAX ? v : v + 1; }
+
+// The next tick of a fixed-rate schedule; skips ticks missed entirely.
+int64_t next_tick(int64_t prev_ms, int64_t interval_ms, int64_t now_ms) {
+  int64_t next = prev_ms + interval_ms;
+  return next > now_ms ? next : now_ms + interval_ms;
+}
+
+}  // namespace
+
+struct Poller::Impl final : HttpHandler {
+  struct Replica {
+    std::string name;
+    std::string url;
+    std::string health_path;
+    std::string models_path;
+    HealthState state = HealthState::unknown;
+    uint32_t successes = 0;  // consecutive good health checks
+    uint32_t failures = 0;   // consecutive failed health checks
+    bool models_known = false;
+    bool models_failing = false;  // last /v1/models failed (logged once)
+    std::vector<ModelEntry> models;
+  };
+
+  Impl(const tr::Config& cfg, scores::Table* t)
+      : table(t),
+        timeout_ms(std::max<uint32_t>(cfg.poller.timeout_ms, 1)),
+        health_interval_ms(std::max<uint32_t>(cfg.poller.health_interval_ms, 1)),
+        client(make_targets(cfg), kChannelCount, this) {
+    TR_ASSERT(table != nullptr);
+    TR_ASSERT(table->size() == cfg.backends.size());
+    replicas.resize(cfg.backends.size());
+    for (size_t i = 0; i < replicas.size(); ++i) {
+      const BackendConfig& b = cfg.backends[i];
+      replicas[i].name = b.name;
+      replicas[i].url = b.url;
+      replicas[i].health_path = b.base_path + "/health";
+      replicas[i].models_path = b.base_path + "/v1/models";
+    }
+    wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wake_fd < 0) {
+      TR_LOG_ERROR("poller: eventfd: %m");
+      TR_ASSERT(wake_fd >= 0);
+    }
+    client.set_wake_fd(wake_fd);
+    models_json.store(std::make_shared<const std::string>("{\"object\":\"list\",\"data\":[]}"));
+    models_by_replica.store(std::make_shared<const ModelsByReplica>(replicas.size()));
+  }
+
+  ~Impl() override {
+    client.set_wake_fd(-1);
+    ::close(wake_fd);
+  }
+
+  void on_response(uint32_t target, uint32_t channel, const Response& r) override {
+    TR_DASSERT(target < replicas.size());
+    if (channel == kHealth) {
+      on_health(target, r);
+    } else {
+      TR_DASSERT(channel == kModels);
+      on_models(target, r);
+    }
+  }
+
+  void on_health(uint32_t i, const Response& r) {
+    Replica& rep = replicas[i];
+    scores::ReplicaSlot& slot = table->at(i);
+    int64_t now = mono_ms();
+    bool ok = r.status == 200;
+    slot.last_health_status.store(r.status, std::memory_order_relaxed);
+    slot.last_health_ms.store(now, std::memory_order_relaxed);
+    if (ok) {
+      rep.successes = saturating_inc(rep.successes);
+      rep.failures = 0;
+    } else {
+      rep.failures = saturating_inc(rep.failures);
+      rep.successes = 0;
+    }
+    HealthState next = rep.state;
+    if (rep.state == HealthState::unknown) {
+      next = ok ? HealthState::up : HealthState::down;  // the first result decides
+    } else if (ok && rep.successes >= kHealthRise) {
+      next = HealthState::up;
+    } else if (!ok && rep.failures >= kHealthFall) {
+      next = HealthState::down;
+    }
+    if (next == rep.state) return;
+    rep.state = next;
+    slot.up.store(next == HealthState::up, std::memory_order_relaxed);
+    if (next == HealthState::up) {
+      TR_LOG_INFO("replica %s (%s) is up", rep.name.c_str(), rep.url.c_str());
+      // poll_once() already asked every replica for its models in this round.
+      if (!in_poll_once) client.get(i, kModels, rep.models_path, now + timeout_ms);
+    } else {
+      TR_LOG_WARN("replica %s (%s) is down: %s", rep.name.c_str(), rep.url.c_str(),
+                  describe(r).c_str());
+    }
+    publish_models();
+  }
+
+  void on_models(uint32_t i, const Response& r) {
+    Replica& rep = replicas[i];
+    std::vector<ModelEntry> models;
+    ModelsParseResult res;
+    std::string why;
+    bool ok = false;
+    if (r.status != 200) {
+      why = describe(r);
+    } else if (parse_models(r.body, &models, &res, &why)) {
+      ok = true;
+    }
+    if (!ok) {
+      // A replica that is not known to be up has its failure logged by health.
+      if (!rep.models_failing && rep.state == HealthState::up) {
+        TR_LOG_WARN("replica %s (%s): GET %s failed: %s; keeping %zu known model(s)",
+                    rep.name.c_str(), rep.url.c_str(), rep.models_path.c_str(), why.c_str(),
+                    rep.models.size());
+      } else {
+        TR_LOG_DEBUG("replica %s: GET %s failed: %s", rep.name.c_str(),
+                     rep.models_path.c_str(), why.c_str());
+      }
+      rep.models_failing = rep.models_failing || rep.state == HealthState::up;
+      return;
+    }
+    rep.models_failing = false;
+    if (res.skipped > 0) {
+      TR_LOG_DEBUG("replica %s: %zu /v1/models entries skipped", rep.name.c_str(), res.skipped);
+    }
+    if (rep.models_known && models == rep.models) return;
+    rep.models = std::move(models);
+    rep.models_known = true;
+    std::string ids;
+    for (const ModelEntry& m : rep.models) {
+      if (!ids.empty()) ids.append(", ");
+      ids.append(m.id);
+    }
+    TR_LOG_INFO("replica %s (%s) serves %zu model(s): %s", rep.name.c_str(), rep.url.c_str(),
+                rep.models.size(), ids.c_str());
+    publish_models();
+  }
+
+  // Rebuilds both model snapshots from the replicas' current state.
+  void publish_models() {
+    std::vector<const std::vector<ModelEntry>*> lists(replicas.size(), nullptr);
+    auto by_replica = std::make_shared<ModelsByReplica>(replicas.size());
+    for (size_t i = 0; i < replicas.size(); ++i) {
+      const Replica& rep = replicas[i];
+      if (rep.state == HealthState::up && rep.models_known) lists[i] = &rep.models;
+      (*by_replica)[i].reserve(rep.models.size());
+      for (const ModelEntry& m : rep.models) (*by_replica)[i].push_back(m.id);
+    }
+    auto json = std::make_shared<std::string>();
+    merge_models(lists, json.get());
+    models_json.store(std::move(json), std::memory_order_release);
+    models_by_replica.store(std::move(by_replica), std::memory_order_release);
+  }
+
+  void health_round(int64_t now) {
+    for (uint32_t i = 0; i < replicas.size(); ++i) {
+      // Still waiting on the previous check (timeout_ms > interval): skip this one.
+      client.get(i, kHealth, replicas[i].health_path, now + timeout_ms);
+    }
+  }
+
+  void models_round(int64_t now, bool only_up) {
+    for (uint32_t i = 0; i < replicas.size(); ++i) {
+      if (only_up && replicas[i].state != HealthState::up) continue;
+      client.get(i, kModels, replicas[i].models_path, now + timeout_ms);
+    }
+  }
+
+  void drain_wake() {
+    uint64_t v;
+    ssize_t n = ::read(wake_fd, &v, sizeof v);
+    (void)n;  // EAGAIN: already drained
+  }
+
+  void poll_once() {
+    int64_t now = mono_ms();
+    in_poll_once = true;
+    health_round(now);
+    models_round(now, false);
+    // Every request ends by its deadline (now + timeout_ms), so this is bounded.
+    while (client.in_flight() > 0) {
+      if (client.run(INT64_MAX)) drain_wake();
+    }
+    in_poll_once = false;
+    next_health_ms = now + health_interval_ms;
+    next_models_ms = now + kModelsIntervalMs;
+  }
+
+  void thread_main() {
+    pthread_setname_np(pthread_self(), "tr-poller");
+    while (!stop_requested.load(std::memory_order_acquire)) {
+      int64_t now = mono_ms();
+      if (now >= next_health_ms) {
+        health_round(now);
+        next_health_ms = next_tick(next_health_ms, health_interval_ms, now);
+      }
+      if (now >= next_models_ms) {
+        models_round(now, true);
+        next_models_ms = next_tick(next_models_ms, kModelsIntervalMs, now);
+      }
+      if (client.run(std::min(next_health_ms, next_models_ms))) drain_wake();
+    }
+  }
+
+  scores::Table* table;
+  const uint32_t timeout_ms;
+  const uint32_t health_interval_ms;
+  std::vector<Replica> replicas;
+  HttpClient client;
+  int wake_fd = -1;
+  bool in_poll_once = false;
+  int64_t next_health_ms = 0;  // 0: never polled, so the thread starts with a round
+  int64_t next_models_ms = 0;
+  std::atomic<bool> stop_requested{false};
+  std::thread thread;
+  std::atomic<std::shared_ptr<const std::string>> models_json;
+  std::atomic<std::shared_ptr<const ModelsByReplica>> models_by_replica;
+};
+
+Poller::Poller(const tr::Config& cfg, tr::scores::Table* table)
+    : impl_(std::make_unique<Impl>(cfg, table)) {}
+
+Poller::~Poller() { stop(); }
+
+void Poller::poll_once() {
+  TR_ASSERT(!impl_->thread.joinable());
+  impl_->poll_once();
+}
+
+void Poller::start() {
+  TR_ASSERT(!impl_->thread.joinable());
+  impl_->stop_requested.store(false, std::memory_order_relaxed);
+  impl_->thread = std::thread([impl = impl_.get()] { impl->thread_main(); });
+}
+
+void Poller::stop() {
+  if (!impl_->thread.joinable()) return;
+  impl_->stop_requested.store(true, std::memory_order_release);
+  uint64_t one = 1;
+  ssize_t n = ::write(impl_->wake_fd, &one, sizeof one);
+  TR_ASSERT(n == sizeof one);
+  impl_->thread.join();
+}
+
+std::shared_ptr<const std::string> Poller::models_json() const {
+  return impl_->models_json.load(std::memory_order_acquire);
+}
+
+std::shared_ptr<const ModelsByReplica> Poller::models_by_replica() const {
+  return impl_->models_by_replica.load(std::memory_order_acquire);
+}
+
+}  // namespace tr::poller

@@ -1,0 +1,861 @@
+#include "proxy/session.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "core/assert.hpp"
+#include "core/clock.hpp"
+#include "core/log.hpp"
+#include "http/rewrite.hpp"
+#include "proxy/worker.hpp"
+
+namespace tr::proxy {
+
+namespace {
+
+enum TimerTag : uintptr_t { kTimerState = 1 };
+
+// Bytes of pipelined input held while a request is in progress; beyond this the
+// client connection stops being read until the current exchange ends.
+constexpr size_t kPendingInputMax = 64 * 1024;
+
+std::string_view path_of(std::string_view target) {
+  size_t q = target.find('?');
+  return q == std::string_view::npos ? target : target.substr(0, q);
+}
+
+void format_peer(int fd, char* out, size_t len) {
+  sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  out[0] = '\0';
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &sl) != 0) return;
+  if (ss.ss_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, out, len);
+  } else if (ss.ss_family == AF_INET6) {
+    inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, out, len);
+  }
+}
+
+}  // namespace
+
+// ===========================================================================
+// ClientConn
+// ===========================================================================
+
+ClientConn::ClientConn(Worker* w, int fd)
+    : w_(w), req_(http::MessageParser::Kind::request, w->parse_limits()) {
+  sock_.fd = fd;
+  sock_.handler = this;
+  timer_.handler = this;
+  timer_.tag = kTimerState;
+  format_peer(fd, client_ip_, sizeof client_ip_);
+  req_.set_body_sink(
+      [](void* self, const char* p, size_t n) {
+        auto* c = static_cast<ClientConn*>(self);
+        c->body_.append(p, n);
+      },
+      this);
+}
+
+ClientConn::~ClientConn() { TR_ASSERT(up_ == nullptr); }
+
+void ClientConn::start() {
+  w_->loop().recv_start(&sock_);
+  arm_timer_for_state();
+}
+
+bool ClientConn::idle_between_requests() const {
+  return state_ == State::kReading && !req_.in_message() && out_.empty() && pending_.empty();
+}
+
+void ClientConn::drain() {
+  draining_ = true;
+  if (idle_between_requests()) {
+    close_now();
+  } else {
+    close_after_ = true;
+  }
+}
+
+void ClientConn::arm_timer_for_state() {
+  const TimeoutsConfig& t = w_->cfg().timeouts;
+  int64_t now = mono_ms();
+  switch (state_) {
+    case State::kReading:
+      w_->loop().timers().arm(&timer_, now,
+                              req_.in_message() ? t.client_header_ms : t.keepalive_idle_ms);
+      break;
+    case State::kWaiting:
+      w_->loop().timers().arm(&timer_, now, t.upstream_first_byte_ms);
+      break;
+    case State::kRelaying:
+      last_upstream_ms_ = now;
+      w_->loop().timers().arm(&timer_, now, t.upstream_idle_ms);
+      break;
+    case State::kClosing:
+      w_->loop().timers().disarm(&timer_);
+      break;
+  }
+}
+
+void ClientConn::on_timer(uintptr_t tag) {
+  (void)tag;
+  const TimeoutsConfig& t = w_->cfg().timeouts;
+  switch (state_) {
+    case State::kReading:
+      if (req_.in_message()) {
+        w_->stats().failures[static_cast<size_t>(Failure::bad_request)].add();
+        close_after_ = true;
+        reply_error(408, "request not received in time", "invalid_request_error",
+                    "request_timeout");
+      } else {
+        close_now();  // keep-alive idle
+      }
+      return;
+    case State::kWaiting:
+      fail_before_head(Failure::upstream_timeout, 504,
+                       "the replica did not start a response in time", "upstream_timeout");
+      return;
+    case State::kRelaying: {
+      // Re-armed lazily: data moves last_upstream_ms_ forward without touching the heap.
+      int64_t now = mono_ms();
+      int64_t idle = now - last_upstream_ms_;
+      if (idle < static_cast<int64_t>(t.upstream_idle_ms)) {
+        w_->loop().timers().arm(&timer_, now, t.upstream_idle_ms - idle);
+        return;
+      }
+      fail_mid_stream(Failure::upstream_timeout, "the replica stopped sending tokens");
+      return;
+    }
+    case State::kClosing:
+      return;
+  }
+}
+
+// ---- client input ----------------------------------------------------------
+
+void ClientConn::on_recv(io::Socket* s, uint16_t bid, char* data, uint32_t len) {
+  (void)s;
+  if (state_ == State::kReading && pending_.empty()) {
+    feed_request_bytes(data, len);
+  } else if (state_ != State::kClosing) {
+    pending_.append(data, len);  // pipelined behind the current exchange
+    check_backpressure();
+  }
+  w_->loop().pool().unref(bid);
+}
+
+void ClientConn::check_backpressure() {
+  if (!recv_paused_ && pending_.size() > kPendingInputMax) {
+    recv_paused_ = true;
+    w_->loop().recv_stop(&sock_);
+  }
+}
+
+void ClientConn::feed_request_bytes(const char* data, size_t len) {
+  size_t off = 0;
+  bool after_head = false;  // a bodyless message completes with no further bytes
+  while ((off < len || after_head) && state_ == State::kReading && !close_after_) {
+    after_head = false;
+    bool started = req_.in_message();
+    size_t used = 0;
+    http::MessageParser::Status st = req_.feed(data + off, len - off, &used);
+    off += used;
+    if (!started && req_.in_message()) arm_timer_for_state();  // header timeout starts
+    switch (st) {
+      case http::MessageParser::Status::kNeedMore:
+      case http::MessageParser::Status::kChunk:
+        if (req_.head_done() && body_.size() > w_->cfg().limits.body_bytes) {
+          close_after_ = true;
+          w_->stats().failures[static_cast<size_t>(Failure::bad_request)].add();
+          reply_error(413, "request body too large", "invalid_request_error",
+                      "body_too_large");
+          return;
+        }
+        break;
+      case http::MessageParser::Status::kHead:
+        on_request_head();
+        after_head = true;
+        break;
+      case http::MessageParser::Status::kDone:
+        if (body_.size() > w_->cfg().limits.body_bytes) {
+          close_after_ = true;
+          reply_error(413, "request body too large", "invalid_request_error",
+                      "body_too_large");
+          return;
+        }
+        on_request_complete();
+        break;
+      case http::MessageParser::Status::kError: {
+        w_->stats().failures[static_cast<size_t>(Failure::bad_request)].add();
+        close_after_ = true;
+        int status = req_.error_status();
+        const char* code = status == 414   ? "uri_too_long"
+                           : status == 431 ? "headers_too_large"
+                           : status == 405 ? "method_not_allowed"
+                                           : "malformed_request";
+        reply_error(status, req_.error_reason(), "invalid_request_error", code);
+        return;
+      }
+    }
+  }
+  if (off < len && state_ != State::kClosing && !close_after_) {
+    pending_.append(data + off, len - off);
+    check_backpressure();
+  }
+}
+
+void ClientConn::process_pending() {
+  if (pending_.empty()) return;
+  std::string bytes;
+  bytes.swap(pending_);
+  feed_request_bytes(bytes.data(), bytes.size());
+  if (pending_.empty()) {
+    bytes.clear();
+    pending_.swap(bytes);  // keep the capacity
+  }
+  if (recv_paused_ && pending_.size() <= kPendingInputMax && state_ != State::kClosing) {
+    recv_paused_ = false;
+    w_->loop().recv_start(&sock_);
+  }
+}
+
+void ClientConn::on_request_head() {
+  client_http10_ = req_.http_minor() == 0;
+  client_keep_alive_ = req_.keep_alive();
+  is_head_ = req_.is_head_method();
+  if (req_.has_content_length() && req_.content_length() > w_->cfg().limits.body_bytes) {
+    close_after_ = true;
+    reply_error(413, "request body too large", "invalid_request_error", "body_too_large");
+    return;
+  }
+  body_.clear();
+  if (req_.has_content_length()) {
+    body_.reserve(req_.content_length() + BodyInspector::kPadding);
+  }
+  // The body is read by the proxy before it picks a replica, so answer
+  // "Expect: 100-continue" here rather than make the client wait for it.
+  bool found = false;
+  std::string_view expect = req_.find("expect", &found);
+  if (found && http::ieq(expect, "100-continue") && !client_http10_) {
+    out_.push_copy("HTTP/1.1 100 Continue\r\n\r\n");
+    flush();
+  }
+}
+
+void ClientConn::on_request_complete() {
+  t_request_ns_ = mono_ns();
+  state_ = State::kWaiting;
+  w_->loop().timers().disarm(&timer_);
+  status_ = 0;
+  head_sent_ = false;
+  backend_ = -1;
+  retried_ = false;
+  first_event_seen_ = false;
+  resp_is_sse_ = false;
+  facts_ = RequestFacts{};
+  bool found = false;
+  std::string_view id = req_.find("x-request-id", &found);
+  if (found && !id.empty() && id.size() <= 200) {
+    request_id_.assign(id);
+  } else {
+    w_->new_request_id(&request_id_);
+  }
+  if (answer_locally()) return;
+  if (!body_.empty()) {
+    if (body_.capacity() < body_.size() + BodyInspector::kPadding) {
+      body_.reserve(body_.size() + BodyInspector::kPadding);
+    }
+    if (!w_->inspector().inspect(body_.data(), body_.size(), body_.capacity(), &facts_)) {
+      w_->stats().json_malformed.add();  // forwarded unchanged: the replica owns the error
+    }
+  }
+  route_and_dispatch();
+}
+
+bool ClientConn::answer_locally() {
+  std::string_view method = req_.method();
+  std::string_view path = path_of(req_.target());
+  if (method != "GET" && method != "HEAD") return false;
+  if (path == "/health") {
+    bool up = w_->shared().table->any_up();
+    reply_local(up ? 200 : 503, up ? "{\"status\":\"ok\"}" : "{\"status\":\"no replica is up\"}");
+    return true;
+  }
+  if (path == "/v1/models") {
+    std::shared_ptr<const std::string> models = w_->shared().models_json();
+    reply_local(200, *models);
+    return true;
+  }
+  return false;
+}
+
+// ---- routing and the upstream leg ------------------------------------------
+
+void ClientConn::route_and_dispatch() {
+  const Config& cfg = w_->cfg();
+  scores::Table& table = *w_->shared().table;
+  routing::Candidate cands[256];
+  size_t n = cfg.backends.size() < 256 ? cfg.backends.size() : 256;
+  for (size_t i = 0; i < n; ++i) {
+    cands[i].index = static_cast<uint32_t>(i);
+    cands[i].usable = table.at(i).up.load(std::memory_order_relaxed);
+    cands[i].inflight = table.at(i).inflight.load(std::memory_order_relaxed);
+    cands[i].weight = cfg.backends[i].weight;
+  }
+  uint32_t max = cfg.upstream.max_attempts < kMaxRanked ? cfg.upstream.max_attempts
+                                                        : static_cast<uint32_t>(kMaxRanked);
+  nranked_ = static_cast<uint32_t>(
+      w_->policy().rank(facts_, std::span<const routing::Candidate>(cands, n),
+                        std::span<uint32_t>(ranked_, max)));
+  next_rank_ = 0;
+  if (nranked_ == 0) {
+    fail_before_head(Failure::upstream_connect, 503, "no replica is available",
+                     "no_replica_available");
+    return;
+  }
+  try_next_replica();
+}
+
+void ClientConn::try_next_replica() {
+  const Config& cfg = w_->cfg();
+  while (next_rank_ < nranked_) {
+    uint32_t b = ranked_[next_rank_++];
+    if (counted_inflight_) {
+      w_->shared().table->at(static_cast<size_t>(backend_)).inflight.fetch_sub(1, std::memory_order_relaxed);
+      counted_inflight_ = false;
+    }
+    backend_ = static_cast<int>(b);
+    w_->shared().table->at(b).inflight.fetch_add(1, std::memory_order_relaxed);
+    counted_inflight_ = true;
+    if (UpstreamConn* u = w_->take_idle(b)) {
+      w_->stats().upstream_reuses.add();
+      u->attach(this);
+      up_ = u;
+      send_request(u);
+      arm_timer_for_state();
+      return;
+    }
+    auto* u = new UpstreamConn(w_, b);
+    int err = 0;
+    if (!u->connect(&err)) {
+      delete u;
+      TR_LOG_WARN("replica %s: socket: %s", cfg.backends[b].name.c_str(), std::strerror(-err));
+      continue;
+    }
+    w_->track_upstream(u);
+    w_->stats().upstream_connects.add();
+    u->attach(this);
+    up_ = u;
+    arm_timer_for_state();
+    return;  // upstream_connected() continues
+  }
+  fail_before_head(Failure::upstream_connect, 502, "could not connect to any replica",
+                   "upstream_connect_failed");
+}
+
+void ClientConn::upstream_connected(UpstreamConn* u, int res) {
+  TR_ASSERT(u == up_);
+  if (res == 0) {
+    send_request(u);
+    return;
+  }
+  const BackendConfig& b = w_->cfg().backends[u->backend()];
+  TR_LOG_WARN("replica %s (%s): connect: %s", b.name.c_str(), b.url.c_str(),
+              std::strerror(-res));
+  release_upstream(false);
+  w_->stats().backend(static_cast<size_t>(backend_)).retries.add();
+  try_next_replica();  // nothing was written: safe to try the next one
+}
+
+void ClientConn::send_request(UpstreamConn* u) {
+  const BackendConfig& b = w_->cfg().backends[u->backend()];
+  std::string head;
+  head.reserve(512 + req_.header_count() * 48);
+  http::UpstreamRequestParams p;
+  p.client_ip = client_ip_;
+  p.request_id = request_id_;
+  p.host = b.host;
+  p.base_path = b.base_path;
+  p.body_bytes = body_.size();
+  p.has_body = req_.has_content_length() || req_.chunked();
+  http::build_upstream_request(req_, p, &head);
+  u->out().push_copy(head);
+  if (!body_.empty()) u->out().push_ref(body_.data(), static_cast<uint32_t>(body_.size()));
+  u->parser().expect_no_body(is_head_);
+  u->flush();
+}
+
+void ClientConn::upstream_send_failed(UpstreamConn* u, int err) {
+  (void)err;
+  TR_ASSERT(u == up_);
+  if (head_sent_) return;  // the replica answered early; its response decides
+  // A reused connection the replica had already closed: nothing reached the
+  // replica's application, so one retry on a fresh connection is safe.
+  if (u->reused() && !u->got_response_bytes() && !retried_) {
+    retried_ = true;
+    release_upstream(false);
+    --next_rank_;  // same replica, fresh connection
+    try_next_replica();
+    return;
+  }
+  fail_before_head(Failure::upstream_reset, 502, "the replica closed the connection",
+                   "upstream_reset");
+}
+
+void ClientConn::upstream_data(UpstreamConn* u, uint16_t bid, char* data, uint32_t len) {
+  TR_ASSERT(u == up_);
+  http::MessageParser& resp = u->parser();
+  cur_bid_ = bid;
+  cur_base_ = data;
+  last_upstream_ms_ = mono_ms();
+  size_t off = 0;
+  size_t seg = 0;  // first byte of this buffer not yet queued or skipped
+  bool done = false;
+  bool after_head = false;
+  while ((off < len || after_head) && !done) {
+    after_head = false;
+    size_t used = 0;
+    http::MessageParser::Status st = resp.feed(data + off, len - off, &used);
+    off += used;
+    switch (st) {
+      case http::MessageParser::Status::kHead:
+        on_response_head(u);
+        if (state_ != State::kRelaying) return;  // failed
+        seg = off;
+        after_head = true;
+        break;
+      case http::MessageParser::Status::kChunk:
+        relay_raw(bid, data + seg, off - seg, true);
+        commit_staged();
+        seg = off;
+        break;
+      case http::MessageParser::Status::kNeedMore:
+        relay_raw(bid, data + seg, off - seg, false);
+        seg = off;
+        break;
+      case http::MessageParser::Status::kDone:
+        if (!head_sent_) {  // HEAD answer: the head and the end arrive together
+          on_response_head(u);
+          if (state_ != State::kRelaying) return;
+          seg = off;
+        }
+        relay_raw(bid, data + seg, off - seg, true);
+        commit_staged();
+        done = true;
+        break;
+      case http::MessageParser::Status::kError:
+        if (!head_sent_) {
+          fail_before_head(Failure::upstream_protocol, 502,
+                           "the replica sent an invalid HTTP response", "upstream_protocol_error");
+        } else {
+          fail_mid_stream(Failure::upstream_protocol, "the replica sent an invalid HTTP response");
+        }
+        return;
+    }
+  }
+  if (done) {
+    bool reusable = off == len && resp.keep_alive() && u->request_fully_sent();
+    response_done(reusable);
+  }
+  flush();
+}
+
+// Queues body bytes [p, p+n) of the current upstream buffer. Before the head is
+// relayed they are head bytes and are skipped. Chunked responses are relayed in
+// whole chunks: bytes of an incomplete chunk wait in staged_.
+void ClientConn::relay_raw(uint16_t bid, const char* p, size_t n, bool whole_chunks) {
+  (void)whole_chunks;
+  if (n == 0 || !head_sent_ || dechunk_) return;
+  io::BufferPool& pool = w_->loop().pool();
+  pool.ref(bid);
+  if (resp_chunked_) {
+    staged_.push_buf(&pool, bid, p, static_cast<uint32_t>(n));
+  } else {
+    out_.push_buf(&pool, bid, p, static_cast<uint32_t>(n));
+  }
+}
+
+void ClientConn::commit_staged() { staged_.move_all_to(&out_); }
+
+void ClientConn::upstream_body_piece(const char* p, size_t n) {
+  if (resp_is_sse_) {
+    sse_.feed(std::string_view(p, n), [this](const SseScanner::Event& e) {
+      if (!e.is_data() || e.done) return;
+      w_->stats().stream_events.add();
+      if (!first_event_seen_) {
+        first_event_seen_ = true;
+        w_->stats().observe_ttft(static_cast<double>(mono_ns() - t_request_ns_) / 1e9);
+      }
+    });
+  }
+  if (dechunk_) {
+    // HTTP/1.0 client: relay the body without chunk framing, from the same buffer.
+    io::BufferPool& pool = w_->loop().pool();
+    pool.ref(cur_bid_);
+    out_.push_buf(&pool, cur_bid_, p, static_cast<uint32_t>(n));
+  }
+}
+
+void ClientConn::on_response_head(UpstreamConn* u) {
+  http::MessageParser& resp = u->parser();
+  status_ = resp.status_code();
+  resp_chunked_ = resp.chunked();
+  dechunk_ = client_http10_ && resp_chunked_;
+  bool keep = client_keep_alive_ && !close_after_ && !draining_ && !dechunk_ &&
+              !resp.close_delimited();
+  if (!keep) close_after_ = true;
+  std::string_view ctype = resp.find("content-type");
+  resp_is_sse_ = ctype.size() >= 17 && http::ieq(ctype.substr(0, 17), "text/event-stream");
+  sse_.reset();
+  http::ClientResponseParams p;
+  p.request_id = request_id_;
+  p.client_http10 = client_http10_;
+  p.keep_alive = keep;
+  p.dechunk = dechunk_;
+  std::string head;
+  head.reserve(256 + resp.header_count() * 48);
+  http::build_client_response(resp, p, &head);
+  out_.push_copy(head);
+  head_sent_ = true;
+  state_ = State::kRelaying;
+  arm_timer_for_state();
+}
+
+void ClientConn::upstream_ended(UpstreamConn* u, int err) {
+  TR_ASSERT(u == up_);
+  http::MessageParser& resp = u->parser();
+  if (head_sent_ && err == 0 && resp.finish() == http::MessageParser::Status::kDone) {
+    response_done(false);  // close-delimited body ended with the connection
+    flush();
+    return;
+  }
+  if (!head_sent_) {
+    if (u->reused() && !u->got_response_bytes() && !retried_) {
+      // The replica closed an idle keep-alive connection as we reused it.
+      retried_ = true;
+      release_upstream(false);
+      --next_rank_;
+      try_next_replica();
+      return;
+    }
+    fail_before_head(Failure::upstream_reset, 502,
+                     "the replica closed the connection before responding", "upstream_reset");
+    return;
+  }
+  fail_mid_stream(Failure::upstream_midstream, "the replica closed the stream unexpectedly");
+}
+
+void ClientConn::response_done(bool upstream_reusable) {
+  w_->stats().backend(static_cast<size_t>(backend_)).requests[code_slot(status_)].add();
+  release_upstream(upstream_reusable);
+  finish_exchange();
+}
+
+void ClientConn::release_upstream(bool reusable) {
+  if (up_) {
+    UpstreamConn* u = up_;
+    up_ = nullptr;
+    u->detach();
+    if (reusable && !draining_) {
+      w_->give_idle(u);
+    } else {
+      u->close_now();
+    }
+  }
+}
+
+void ClientConn::finish_exchange() {
+  if (counted_inflight_) {
+    w_->shared().table->at(static_cast<size_t>(backend_)).inflight.fetch_sub(1, std::memory_order_relaxed);
+    counted_inflight_ = false;
+  }
+  staged_.clear();
+  state_ = State::kReading;
+  if (close_after_) {
+    if (out_.empty() && !sock_.send_busy()) close_now();
+    return;  // on_send closes after the last byte
+  }
+  arm_timer_for_state();
+  process_pending();
+}
+
+void ClientConn::fail_before_head(Failure why, int status, const char* message,
+                                  const char* code) {
+  w_->stats().failures[static_cast<size_t>(why)].add();
+  release_upstream(false);
+  const char* type = status == 504 ? "timeout_error" : "server_error";
+  reply_error(status, message, type, code);
+}
+
+void ClientConn::fail_mid_stream(Failure why, const char* message) {
+  w_->stats().failures[static_cast<size_t>(why)].add();
+  if (backend_ >= 0) {
+    const BackendConfig& b = w_->cfg().backends[static_cast<size_t>(backend_)];
+    TR_LOG_WARN("replica %s: stream %s failed: %s", b.name.c_str(), request_id_.c_str(),
+                message);
+  }
+  staged_.clear();  // an incomplete chunk is dropped: the client sees whole chunks only
+  http::ErrorReply e{502, message, "server_error", "upstream_stream_failed"};
+  std::string ev;
+  http::build_error_event(e, &ev);
+  if (resp_chunked_ && !dechunk_) {
+    char size_line[32];
+    int n = std::snprintf(size_line, sizeof size_line, "%zx\r\n", ev.size());
+    std::string framed(size_line, static_cast<size_t>(n));
+    framed += ev;
+    framed += "\r\n0\r\n\r\n";
+    out_.push_copy(framed);
+  } else if (dechunk_ || resp_is_sse_) {
+    out_.push_copy(ev);  // close-delimited to the client: the close ends it
+    close_after_ = true;
+  } else {
+    close_after_ = true;  // Content-Length body cut short: only closing is honest
+  }
+  w_->stats().backend(static_cast<size_t>(backend_)).requests[code_slot(status_)].add();
+  release_upstream(false);
+  finish_exchange();
+  flush();
+}
+
+void ClientConn::reply_local(int status, std::string_view json_body) {
+  std::string resp;
+  bool keep = client_keep_alive_ && !close_after_ && !draining_;
+  if (!keep) close_after_ = true;
+  http::build_json_response(status, is_head_ ? std::string_view() : json_body, keep, &resp);
+  out_.push_copy(resp);
+  w_->stats().none().requests[code_slot(status)].add();
+  state_ = State::kRelaying;  // finish_exchange() moves on
+  finish_exchange();
+  flush();
+}
+
+void ClientConn::reply_error(int status, const char* message, const char* type,
+                             const char* code) {
+  std::string resp;
+  bool keep = client_keep_alive_ && !close_after_ && !draining_ && req_.head_done() &&
+              !req_.in_message();
+  if (!keep) close_after_ = true;
+  if (request_id_.empty()) w_->new_request_id(&request_id_);
+  http::build_error_response(http::ErrorReply{status, message, type, code}, request_id_, keep,
+                             &resp);
+  out_.push_copy(resp);
+  BackendStats& bs = backend_ >= 0 ? w_->stats().backend(static_cast<size_t>(backend_))
+                                   : w_->stats().none();
+  bs.requests[code_slot(status)].add();
+  if (close_after_) pending_.clear();  // nothing after an error is read
+  finish_exchange();
+  flush();
+}
+
+void ClientConn::abort_exchange(Failure why) {
+  w_->stats().failures[static_cast<size_t>(why)].add();
+  if (backend_ >= 0 && state_ != State::kReading) {
+    w_->stats().backend(static_cast<size_t>(backend_)).requests[code_slot(499)].add();
+  }
+  // Closing the upstream connection now is what makes vLLM abort the request and
+  // free its KV cache; it is never returned to the pool.
+  release_upstream(false);
+  if (counted_inflight_) {
+    w_->shared().table->at(static_cast<size_t>(backend_)).inflight.fetch_sub(1, std::memory_order_relaxed);
+    counted_inflight_ = false;
+  }
+  close_now();
+}
+
+// ---- client output ---------------------------------------------------------
+
+void ClientConn::flush() {
+  if (state_ == State::kClosing || sock_.send_busy() || out_.empty()) return;
+  out_.fill(&sock_);
+  w_->loop().send(&sock_);
+}
+
+void ClientConn::on_send(io::Socket* s, int res) {
+  (void)s;
+  if (res < 0) {
+    if (state_ == State::kWaiting || state_ == State::kRelaying) {
+      abort_exchange(Failure::client_abort);
+    } else {
+      close_now();
+    }
+    return;
+  }
+  out_.consume(static_cast<uint64_t>(res));
+  if (up_ && state_ == State::kRelaying && up_->sock_.recv_on() == false && !up_->closing_ &&
+      out_.bytes() < w_->cfg().limits.stream_buffer_bytes / 2) {
+    w_->loop().recv_start(&up_->sock_);  // the client caught up: read the replica again
+  }
+  if (!out_.empty()) {
+    flush();
+    return;
+  }
+  if (close_after_ && state_ == State::kReading) close_now();
+}
+
+void ClientConn::on_recv_end(io::Socket* s, int err) {
+  (void)s;
+  (void)err;
+  if (state_ == State::kWaiting || state_ == State::kRelaying) {
+    abort_exchange(Failure::client_abort);
+    return;
+  }
+  if (state_ == State::kReading && (!out_.empty() || sock_.send_busy())) {
+    close_after_ = true;  // the client finished sending; let it read what is queued
+    pending_.clear();
+    return;
+  }
+  close_now();
+}
+
+void ClientConn::close_now() {
+  if (state_ == State::kClosing) return;
+  if (up_) release_upstream(false);
+  if (counted_inflight_) {
+    w_->shared().table->at(static_cast<size_t>(backend_)).inflight.fetch_sub(1, std::memory_order_relaxed);
+    counted_inflight_ = false;
+  }
+  state_ = State::kClosing;
+  w_->loop().timers().disarm(&timer_);
+  staged_.clear();
+  out_.clear();
+  w_->loop().close(&sock_);
+}
+
+void ClientConn::on_closed(io::Socket* s) {
+  (void)s;
+  w_->on_client_closed(this);  // deletes this
+}
+
+// ===========================================================================
+// UpstreamConn
+// ===========================================================================
+
+UpstreamConn::UpstreamConn(Worker* w, uint32_t backend)
+    : w_(w), backend_(backend), resp_(http::MessageParser::Kind::response, http::ParseLimits{}) {
+  sock_.handler = this;
+  idle_timer_.handler = this;
+  resp_.set_body_sink(&UpstreamConn::body_thunk, this);
+  resp_.stop_at_chunks(true);
+}
+
+UpstreamConn::~UpstreamConn() = default;
+
+void UpstreamConn::body_thunk(void* self, const char* p, size_t n) {
+  auto* u = static_cast<UpstreamConn*>(self);
+  if (u->client_) u->client_->upstream_body_piece(p, n);
+}
+
+bool UpstreamConn::connect(int* err) {
+  const BackendConfig& b = w_->cfg().backends[backend_];
+  int fd = w_->loop().new_stream_socket(b.addr.storage.ss_family);
+  if (fd < 0) {
+    *err = fd;
+    return false;
+  }
+  sock_.fd = fd;
+  w_->loop().connect(&sock_, b.addr.sa(), b.addr.len, w_->cfg().timeouts.upstream_connect_ms);
+  return true;
+}
+
+void UpstreamConn::attach(ClientConn* c) {
+  client_ = c;
+  got_bytes_ = false;
+  w_->loop().timers().disarm(&idle_timer_);
+}
+
+void UpstreamConn::park() {
+  reused_ = true;
+  w_->loop().timers().arm(&idle_timer_, mono_ms(), w_->cfg().upstream.keepalive_idle_ms);
+  if (!sock_.recv_on()) w_->loop().recv_start(&sock_);
+}
+
+void UpstreamConn::flush() {
+  if (closing_ || sock_.send_busy() || out_.empty()) return;
+  out_.fill(&sock_);
+  w_->loop().send(&sock_);
+}
+
+void UpstreamConn::close_now() {
+  if (closing_) return;
+  closing_ = true;
+  client_ = nullptr;
+  if (in_pool) w_->forget_idle(this);
+  w_->loop().timers().disarm(&idle_timer_);
+  out_.clear();
+  w_->loop().close(&sock_);
+}
+
+void UpstreamConn::on_connect(io::Socket* s, int res) {
+  (void)s;
+  if (res == 0) {
+    connected_ = true;
+    w_->loop().recv_start(&sock_);
+  }
+  if (client_) {
+    client_->upstream_connected(this, res);
+  } else {
+    close_now();
+  }
+}
+
+void UpstreamConn::on_recv(io::Socket* s, uint16_t bid, char* data, uint32_t len) {
+  (void)s;
+  if (!client_) {
+    // Bytes on an idle pooled connection: the replica is out of step. Drop it.
+    w_->loop().pool().unref(bid);
+    close_now();
+    return;
+  }
+  got_bytes_ = true;
+  ClientConn* c = client_;
+  c->upstream_data(this, bid, data, len);
+  w_->loop().pool().unref(bid);
+  // Back-pressure: a client that does not read stops us reading its replica.
+  if (client_ == c && !closing_ && c && sock_.recv_on() &&
+      c->out_.bytes() > w_->cfg().limits.stream_buffer_bytes) {
+    w_->loop().recv_stop(&sock_);
+  }
+}
+
+void UpstreamConn::on_recv_end(io::Socket* s, int err) {
+  (void)s;
+  if (client_) {
+    client_->upstream_ended(this, err);
+  } else {
+    close_now();
+  }
+}
+
+void UpstreamConn::on_send(io::Socket* s, int res) {
+  (void)s;
+  if (res < 0) {
+    out_.clear();
+    send_failed_ = true;
+    if (client_) {
+      client_->upstream_send_failed(this, res);
+    } else {
+      close_now();
+    }
+    return;
+  }
+  out_.consume(static_cast<uint64_t>(res));
+  flush();
+}
+
+void UpstreamConn::on_timer(uintptr_t tag) {
+  (void)tag;
+  if (!client_) close_now();  // idle too long in the pool
+}
+
+void UpstreamConn::on_closed(io::Socket* s) {
+  (void)s;
+  w_->on_upstream_closed(this);  // deletes this
+}
+
+}  // namespace tr::proxy

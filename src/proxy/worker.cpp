@@ -1,0 +1,238 @@
+#include "proxy/worker.hpp"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/assert.hpp"
+#include "core/clock.hpp"
+#include "core/log.hpp"
+#include "proxy/session.hpp"
+
+namespace tr::proxy {
+
+namespace {
+enum : uintptr_t { kDrainTimer = 1 };
+
+uint64_t xoroshiro_next(uint64_t s[2]) {
+  uint64_t s0 = s[0];
+  uint64_t s1 = s[1];
+  uint64_t r = s0 + s1;
+  s1 ^= s0;
+  s[0] = ((s0 << 24) | (s0 >> 40)) ^ s1 ^ (s1 << 16);
+  s[1] = (s1 << 37) | (s1 >> 27);
+  return r;
+}
+}  // namespace
+
+Worker::Worker(Shared* shared, const WorkerOptions& opt)
+    : shared_(shared), opt_(opt), stats_(shared->cfg->backends.size()) {
+  const LimitsConfig& l = shared->cfg->limits;
+  parse_limits_.request_line_bytes = l.request_line_bytes;
+  parse_limits_.header_bytes = l.header_bytes;
+  parse_limits_.header_count = l.header_count;
+  policy_ = routing::make_default_policy(opt.index * 7919u);
+  idle_.resize(shared->cfg->backends.size());
+  if (getrandom(rng_state_, sizeof rng_state_, 0) != sizeof rng_state_) {
+    rng_state_[0] = static_cast<uint64_t>(mono_ns()) ^ (opt.index + 1);
+    rng_state_[1] = 0x9e3779b97f4a7c15ull;
+  }
+  drain_timer_.handler = this;
+  drain_timer_.tag = kDrainTimer;
+  listener_.handler = this;
+}
+
+Worker::~Worker() {
+  join();
+  delete loop_;
+}
+
+bool Worker::start(std::string* err) {
+  thread_ = std::thread([this] { thread_main(); });
+  while (started_.load(std::memory_order_acquire) == 0) sched_yield();
+  if (started_.load() < 0) {
+    *err = start_error_;
+    thread_.join();
+    return false;
+  }
+  return true;
+}
+
+void Worker::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Worker::request_drain() {
+  drain_requested_.store(true, std::memory_order_release);
+  if (loop_) loop_->wake();
+}
+
+void Worker::wake_thunk(void* self) {
+  auto* w = static_cast<Worker*>(self);
+  if (w->drain_requested_.load(std::memory_order_acquire)) w->begin_drain();
+}
+
+void Worker::thread_main() {
+  char name[16];
+  std::snprintf(name, sizeof name, "tr-worker-%u", opt_.index);
+  pthread_setname_np(pthread_self(), name);
+  if (opt_.cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(opt_.cpu, &set);
+    int rc = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    if (rc != 0) TR_LOG_WARN("worker %u: cannot pin to CPU %d: %s", opt_.index, opt_.cpu,
+                             std::strerror(rc));
+  }
+  char why[256];
+  loop_ = io::make_loop(opt_.loop, why, sizeof why);
+  if (!loop_) {
+    start_error_ = why;
+    started_.store(-1, std::memory_order_release);
+    return;
+  }
+  std::snprintf(loop_desc_, sizeof loop_desc_, "%s", why);
+  loop_->set_wake_handler(&Worker::wake_thunk, this);
+  // The listener is blocking for io_uring (the ring waits) and non-blocking for epoll.
+  int fl = fcntl(opt_.listen_fd, F_GETFL);
+  if (loop_->backend() == io::Backend::epoll) {
+    fcntl(opt_.listen_fd, F_SETFL, fl | O_NONBLOCK);
+  } else {
+    fcntl(opt_.listen_fd, F_SETFL, fl & ~O_NONBLOCK);
+  }
+  listener_.fd = opt_.listen_fd;
+  loop_->listen(&listener_);
+  listener_open_ = true;
+  started_.store(1, std::memory_order_release);
+  if (drain_requested_.load(std::memory_order_acquire)) begin_drain();
+  loop_->run();
+  // Loop stopped: every connection is closed (drain finished or timed out).
+}
+
+void Worker::new_request_id(std::string* out) {
+  static const char kHex[] = "0123456789abcdef";
+  uint64_t a = xoroshiro_next(rng_state_);
+  uint64_t b = xoroshiro_next(rng_state_);
+  out->resize(32);
+  for (int i = 0; i < 16; ++i) {
+    (*out)[i] = kHex[(a >> (i * 4)) & 15];
+    (*out)[16 + i] = kHex[(b >> (i * 4)) & 15];
+  }
+}
+
+void Worker::on_accept(io::Socket* listener, int fd) {
+  (void)listener;
+  if (drain_started_ || clients_.size() >= cfg().limits.connections_per_worker) {
+    stats_.connections_rejected.add();
+    ::close(fd);
+    return;
+  }
+  stats_.connections_accepted.add();
+  auto* c = new ClientConn(this, fd);
+  c->list_index = static_cast<uint32_t>(clients_.size());
+  clients_.push_back(c);
+  stats_.connections_open.store(static_cast<int64_t>(clients_.size()), std::memory_order_relaxed);
+  c->start();
+}
+
+void Worker::on_client_closed(ClientConn* c) {
+  uint32_t i = c->list_index;
+  TR_ASSERT(i < clients_.size() && clients_[i] == c);
+  clients_[i] = clients_.back();
+  clients_[i]->list_index = i;
+  clients_.pop_back();
+  stats_.connections_open.store(static_cast<int64_t>(clients_.size()), std::memory_order_relaxed);
+  delete c;
+  if (drain_started_) maybe_finish_drain();
+}
+
+void Worker::track_upstream(UpstreamConn* u) {
+  u->list_index = static_cast<uint32_t>(upstreams_.size());
+  upstreams_.push_back(u);
+}
+
+void Worker::on_upstream_closed(UpstreamConn* u) {
+  uint32_t i = u->list_index;
+  TR_ASSERT(i < upstreams_.size() && upstreams_[i] == u);
+  upstreams_[i] = upstreams_.back();
+  upstreams_[i]->list_index = i;
+  upstreams_.pop_back();
+  delete u;
+  if (drain_started_) maybe_finish_drain();
+}
+
+UpstreamConn* Worker::take_idle(uint32_t b) {
+  std::vector<UpstreamConn*>& pool = idle_[b];
+  if (pool.empty()) return nullptr;
+  UpstreamConn* u = pool.back();  // most recently used: least likely closed by the replica
+  pool.pop_back();
+  u->in_pool = false;
+  return u;
+}
+
+void Worker::give_idle(UpstreamConn* u) {
+  std::vector<UpstreamConn*>& pool = idle_[u->backend()];
+  if (drain_started_ || pool.size() >= cfg().upstream.keepalive_per_backend) {
+    u->close_now();
+    return;
+  }
+  u->idle_index = static_cast<uint32_t>(pool.size());
+  u->in_pool = true;
+  pool.push_back(u);
+  u->park();
+}
+
+void Worker::forget_idle(UpstreamConn* u) {
+  std::vector<UpstreamConn*>& pool = idle_[u->backend()];
+  uint32_t i = u->idle_index;
+  TR_ASSERT(i < pool.size() && pool[i] == u);
+  pool[i] = pool.back();
+  pool[i]->idle_index = i;
+  pool.pop_back();
+  u->in_pool = false;
+}
+
+void Worker::on_closed(io::Socket* s) {
+  (void)s;  // the listener
+  listener_open_ = false;
+  if (drain_started_) maybe_finish_drain();
+}
+
+void Worker::begin_drain() {
+  if (drain_started_) return;
+  drain_started_ = true;
+  if (listener_open_) loop_->close(&listener_);
+  loop_->timers().arm(&drain_timer_, mono_ms(), cfg().proxy.drain_timeout_ms);
+  // Idle pooled connections go now; clients finish their current exchange.
+  for (auto& pool : idle_) {
+    while (!pool.empty()) pool.back()->close_now();
+  }
+  std::vector<ClientConn*> snapshot = clients_;
+  for (ClientConn* c : snapshot) c->drain();
+  maybe_finish_drain();
+}
+
+void Worker::maybe_finish_drain() {
+  if (listener_open_ || !clients_.empty() || !upstreams_.empty()) return;
+  loop_->timers().disarm(&drain_timer_);
+  loop_->stop();
+}
+
+void Worker::on_timer(uintptr_t tag) {
+  (void)tag;  // drain deadline: cut what is left
+  if (!clients_.empty()) {
+    TR_LOG_WARN("worker %u: drain timeout: closing %zu connections", opt_.index,
+                clients_.size());
+  }
+  std::vector<ClientConn*> snapshot = clients_;
+  for (ClientConn* c : snapshot) c->force_close();
+  std::vector<UpstreamConn*> ups = upstreams_;
+  for (UpstreamConn* u : ups) u->close_now();
+}
+
+}  // namespace tr::proxy

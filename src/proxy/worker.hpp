@@ -1,0 +1,122 @@
+// A worker: one thread, pinned to one CPU, owning one event loop, one
+// SO_REUSEPORT listener, its client connections and its own keep-alive pool of
+// upstream connections per replica. Nothing here is touched by another thread
+// except through Shared (read-only config, the replica table's atomics, the
+// published model list) and the drain request (an atomic flag + loop wake-up).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "http/message.hpp"
+#include "io/loop.hpp"
+#include "openai/body.hpp"
+#include "proxy/stats.hpp"
+#include "routing/policy.hpp"
+#include "scores/table.hpp"
+#include "tokenrelay/config.hpp"
+
+namespace tr::proxy {
+
+class ClientConn;
+class UpstreamConn;
+
+// Process-wide state a worker reads. Owned by main; outlives every worker.
+struct Shared {
+  const Config* cfg = nullptr;
+  scores::Table* table = nullptr;
+  // Merged /v1/models body (from the poller). Called on worker threads.
+  std::function<std::shared_ptr<const std::string>()> models_json;
+};
+
+struct WorkerOptions {
+  uint32_t index = 0;
+  int cpu = -1;          // pin to this CPU; -1 = no pinning
+  int listen_fd = -1;    // bound SO_REUSEPORT socket, already listening
+  io::LoopOptions loop;  // backend choice and buffer sizes
+};
+
+class Worker final : public io::SocketHandler, public io::TimerHandler {
+ public:
+  Worker(Shared* shared, const WorkerOptions& opt);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Starts the thread and waits until its loop exists. Returns false (with
+  // <err>) when the loop cannot be created (e.g. io = io_uring on a kernel without it).
+  bool start(std::string* err);
+  // Thread-safe: stop accepting, finish in-flight exchanges (bounded by
+  // [proxy] drain_timeout_ms), then exit the thread.
+  void request_drain();
+  void join();
+
+  const WorkerStats& stats() const { return stats_; }
+  const char* backend_description() const { return loop_desc_; }
+
+  // ---- used by connections, on this worker's thread ----
+  io::Loop& loop() { return *loop_; }
+  const Config& cfg() const { return *shared_->cfg; }
+  Shared& shared() { return *shared_; }
+  WorkerStats& stats() { return stats_; }
+  BodyInspector& inspector() { return inspector_; }
+  routing::Policy& policy() { return *policy_; }
+  const http::ParseLimits& parse_limits() const { return parse_limits_; }
+  bool draining() const { return drain_started_; }
+  // A fresh request id: 32 lowercase hex characters.
+  void new_request_id(std::string* out);
+  // Idle pooled connection to replica <b>, or nullptr.
+  UpstreamConn* take_idle(uint32_t b);
+  // Returns a healthy connection to the pool (or closes it if the pool is full).
+  void give_idle(UpstreamConn* u);
+  void forget_idle(UpstreamConn* u);
+  void on_client_closed(ClientConn* c);
+  void on_upstream_closed(UpstreamConn* u);
+  void track_upstream(UpstreamConn* u);
+
+  // io::SocketHandler for the listener.
+  void on_accept(io::Socket* listener, int fd) override;
+  void on_recv(io::Socket*, uint16_t, char*, uint32_t) override {}
+  void on_recv_end(io::Socket*, int) override {}
+  void on_send(io::Socket*, int) override {}
+  void on_closed(io::Socket* s) override;
+  // io::TimerHandler: drain deadline.
+  void on_timer(uintptr_t tag) override;
+
+ private:
+  void thread_main();
+  static void wake_thunk(void* self);
+  void begin_drain();
+  void maybe_finish_drain();
+
+  Shared* shared_;
+  WorkerOptions opt_;
+  std::thread thread_;
+  io::Loop* loop_ = nullptr;
+  char loop_desc_[256] = "";
+  std::string start_error_;
+  std::atomic<int> started_{0};  // 0 pending, 1 ok, -1 failed
+  std::atomic<bool> drain_requested_{false};
+  bool drain_started_ = false;
+  io::Socket listener_;
+  bool listener_open_ = false;
+  io::Timer drain_timer_;
+
+  WorkerStats stats_;
+  BodyInspector inspector_;
+  std::unique_ptr<routing::Policy> policy_;
+  http::ParseLimits parse_limits_;
+  uint64_t rng_state_[2];
+
+  // Connection tracking: every live connection is in one of these lists.
+  std::vector<ClientConn*> clients_;    // index stored in the conn (swap-remove)
+  std::vector<UpstreamConn*> upstreams_;
+  std::vector<std::vector<UpstreamConn*>> idle_;  // per replica, most recent last
+};
+
+}  // namespace tr::proxy

@@ -1,0 +1,378 @@
+// SSE scanner: line splitting (CR, LF, CRLF), field classification, and a
+// minimal allocation-free walk of an event's top-level JSON keys.
+#include "sse/sse.hpp"
+
+#include <bit>
+#include <charconv>
+#include <cstring>
+
+#include "core/assert.hpp"
+
+namespace tr {
+
+namespace {
+
+// First '\n' or '\r' in [p, end), or end. Eight bytes per step (SWAR): in a
+// word XOR-ed with the byte searched for, a zero byte marks a match; the
+// classic has-zero test may flag bytes above the first match but never below
+// it, so the lowest flagged byte is exact.
+// First capacity of the tail buffer: a typical vLLM chunk line (300-500 bytes)
+// fits, so a stream usually allocates it once; it grows geometrically up to
+// kSseEventInspectMax for longer lines and keeps its capacity across events.
+constexpr size_t kTailInitialBytes = 1024;
+static_assert(kTailInitialBytes <= kSseEventInspectMax);
+
+const char* find_eol(const char* p, const char* end) {
+  if constexpr (std::endian::native == std::endian::little) {
+    constexpr uint64_t kOnes = 0x0101010101010101ull;
+    constexpr uint64_t kHigh = 0x8080808080808080ull;
+    constexpr uint64_t kLf = kOnes * '\n';
+    constexpr uint64_t kCr = kOnes * '\r';
+    while (end - p >= 8) {
+      uint64_t w;
+      std::memcpy(&w, p, sizeof w);
+      uint64_t a = w ^ kLf;
+      uint64_t b = w ^ kCr;
+      uint64_t m = ((a - kOnes) & ~a & kHigh) | ((b - kOnes) & ~b & kHigh);
+      if (m != 0) return p + (std::countr_zero(m) >> 3);
+      p += 8;
+    }
+  }
+  while (p < end && *p != '\n' && *p != '\r') ++p;
+  return p;
+}
+
+// --- A tiny JSON walker, just enough to find top-level keys. It never
+// allocates or recurses; on anything malformed it gives up (npos).
+constexpr size_t kNpos = std::string_view::npos;
+
+size_t skip_ws(std::string_view s, size_t i) {
+  while (i < s.size() && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) ++i;
+  return i;
+}
+
+// s[i] == '"'. Returns the index after the closing quote.
+size_t skip_string(std::string_view s, size_t i) {
+  for (++i; i < s.size(); ++i) {
+    if (s[i] == '\\') {
+      ++i;
+    } else if (s[i] == '"') {
+      return i + 1;
+    }
+  }
+  return kNpos;
+}
+
+// Returns the index after the value starting at s[i].
+size_t skip_value(std::string_view s, size_t i) {
+  if (i >= s.size()) return kNpos;
+  char c = s[i];
+  if (c == '"') return skip_string(s, i);
+  if (c == '{' || c == '[') {
+    size_t depth = 0;
+    while (i < s.size()) {
+      c = s[i];
+      if (c == '"') {
+        i = skip_string(s, i);
+        if (i == kNpos) return kNpos;
+        continue;
+      }
+      if (c == '{' || c == '[') {
+        ++depth;
+      } else if (c == '}' || c == ']') {
+        if (--depth == 0) return i + 1;
+      }
+      ++i;
+    }
+    return kNpos;
+  }
+  size_t start = i;
+  while (i < s.size() && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' &&
+         s[i] != '\t' && s[i] != '\n' && s[i] != '\r') {
+    ++i;
+  }
+  return i == start ? kNpos : i;
+}
+
+// Calls fn(key, value) for each member of the object <s> (leading whitespace
+// allowed), keys as written (escapes are not decoded: none of the keys we look
+// for has any). Stops at the first malformed byte.
+template <class Fn>
+void for_each_member(std::string_view s, Fn&& fn) {
+  size_t i = skip_ws(s, 0);
+  if (i >= s.size() || s[i] != '{') return;
+  i = skip_ws(s, i + 1);
+  if (i < s.size() && s[i] == '}') return;
+  while (i < s.size() && s[i] == '"') {
+    size_t key_end = skip_string(s, i);
+    if (key_end == kNpos) return;
+    std::string_view key = s.substr(i + 1, key_end - i - 2);
+    i = skip_ws(s, key_end);
+    if (i >= s.size() || s[i] != ':') return;
+    i = skip_ws(s, i + 1);
+    size_t value_end = skip_value(s, i);
+    if (value_end == kNpos) return;
+    fn(key, s.substr(i, value_end - i));
+    i = skip_ws(s, value_end);
+    if (i >= s.size() || s[i] != ',') return;
+    i = skip_ws(s, i + 1);
+  }
+}
+
+bool parse_u64(std::string_view s, uint64_t* out) {
+  if (s.empty() || s.front() < '0' || s.front() > '9') return false;
+  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
+  return ec == std::errc() && ptr == s.data() + s.size();
+}
+
+bool contains(std::string_view hay, std::string_view needle) {
+  return memmem(hay.data(), hay.size(), needle.data(), needle.size()) != nullptr;
+}
+
+}  // namespace
+
+void SseScanner::reset() {
+  tail_.clear();
+  line_bytes_ = 0;
+  skip_lf_ = false;
+  stream_start_ = true;
+  pending_ = Event{};
+  event_has_lines_ = false;
+  event_ = Event{};
+  event_ready_ = false;
+  data_events_ = 0;
+  error_events_ = 0;
+  uninspected_events_ = 0;
+  done_ = false;
+  has_usage_ = false;
+  prompt_tokens_ = 0;
+  completion_tokens_ = 0;
+  bytes_ = 0;
+}
+
+size_t SseScanner::scan(std::string_view bytes) {
+  TR_DASSERT(!bytes.empty());
+  TR_DASSERT(!event_ready_);
+  const char* const begin = bytes.data();
+  const char* const end = begin + bytes.size();
+  const char* p = begin;
+  if (skip_lf_) {  // the "\n" of a "\r\n" split across pieces
+    skip_lf_ = false;
+    if (*p == '\n') ++p;
+  }
+  while (p < end) {
+    const char* eol = find_eol(p, end);
+    if (eol == end) {  // the line continues in the next piece
+      size_t n = static_cast<size_t>(end - p);
+      if (tail_.capacity() < kTailInitialBytes) tail_.reserve(kTailInitialBytes);
+      if (tail_.size() < kSseEventInspectMax) {
+        tail_.append(p, std::min(n, kSseEventInspectMax - tail_.size()));
+      }
+      line_bytes_ += n;
+      p = end;
+      break;
+    }
+    // [p, eol) completes a line.
+    size_t n = static_cast<size_t>(eol - p);
+    std::string_view line(p, std::min(n, kSseEventInspectMax));
+    size_t line_bytes = n;
+    if (line_bytes_ != 0) {
+      if (tail_.size() < kSseEventInspectMax) {
+        tail_.append(p, std::min(n, kSseEventInspectMax - tail_.size()));
+      }
+      line = tail_;
+      line_bytes += line_bytes_;
+    }
+    // Consume the terminator: "\n", "\r\n", or "\r" (maybe "\r" + "\n" next piece).
+    p = eol + 1;
+    if (*eol == '\r') {
+      if (p == end) {
+        skip_lf_ = true;
+      } else if (*p == '\n') {
+        ++p;
+      }
+    }
+    on_line(line, line_bytes);
+    tail_.clear();
+    line_bytes_ = 0;
+    if (event_ready_) break;
+  }
+  size_t used = static_cast<size_t>(p - begin);
+  bytes_ += used;
+  TR_DASSERT(used > 0);
+  return used;
+}
+
+void SseScanner::on_line(std::string_view line, size_t line_bytes) {
+  if (stream_start_) {
+    stream_start_ = false;
+    if (line.substr(0, 3) == "\xEF\xBB\xBF") {
+      line.remove_prefix(3);
+      line_bytes -= 3;
+    }
+  }
+  if (line_bytes == 0) {
+    dispatch();
+    return;
+  }
+  event_has_lines_ = true;
+  if (line.front() == ':') return;  // comment
+  // "data" or "data:..." (only the first 5 bytes decide).
+  if (line.size() < 4 || std::memcmp(line.data(), "data", 4) != 0) return;
+  if (line.size() > 4 && line[4] != ':') return;  // another field, e.g. "database:"
+  ++pending_.data_lines;
+  if (pending_.data_lines > 1) {
+    pending_.done = false;  // "[DONE]\n..." is not [DONE]
+    return;
+  }
+  if (line_bytes > kSseEventInspectMax) {
+    pending_.inspected = false;
+    return;
+  }
+  std::string_view value = line.substr(line.size() > 4 ? 5 : 4);
+  if (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+  inspect_data(value);
+}
+
+void SseScanner::inspect_data(std::string_view value) {
+  if (value == "[DONE]") {
+    pending_.done = true;
+    return;
+  }
+  // The hot path ends here for ordinary token chunks.
+  bool maybe_usage = contains(value, "\"usage\"");
+  bool maybe_error = contains(value, "\"error\"");
+  if (!maybe_usage && !maybe_error) return;
+  for_each_member(value, [this](std::string_view key, std::string_view v) {
+    if (key == "error") {
+      if (v != "null") pending_.error = true;
+      return;
+    }
+    if (key != "usage" || v.front() != '{') return;
+    bool have_prompt = false;
+    bool have_completion = false;
+    uint64_t prompt = 0;
+    uint64_t completion = 0;
+    for_each_member(v, [&](std::string_view k, std::string_view n) {
+      if (k == "prompt_tokens") {
+        have_prompt = parse_u64(n, &prompt);
+      } else if (k == "completion_tokens") {
+        have_completion = parse_u64(n, &completion);
+      }
+    });
+    if (have_prompt && have_completion) {
+      pending_.usage = true;
+      pending_.prompt_tokens = prompt;
+      pending_.completion_tokens = completion;
+    }
+  });
+}
+
+void SseScanner::dispatch() {
+  if (!event_has_lines_) return;  // a blank line with nothing before it
+  event_ = pending_;
+  event_ready_ = true;
+  pending_ = Event{};
+  event_has_lines_ = false;
+  if (event_.data_lines == 0) return;
+  if (event_.done) {
+    done_ = true;
+    return;
+  }
+  ++data_events_;
+  if (!event_.inspected) ++uninspected_events_;
+  if (event_.error) ++error_events_;
+  if (event_.usage) {
+    has_usage_ = true;
+    prompt_tokens_ = event_.prompt_tokens;
+    completion_tokens_ = event_.completion_tokens;
+  }
+}
+
+void append_json_string(std::string* out, std::string_view text) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
+  out->push_back('"');
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  size_t n = text.size();
+  size_t i = 0;
+  while (i < n) {
+    unsigned char c = s[i];
+    if (c < 0x80) {
+      switch (c) {
+        case '"':
+          out->append("\\\"");
+          break;
+        case '\\':
+          out->append("\\\\");
+          break;
+        case '\n':
+          out->append("\\n");
+          break;
+        case '\r':
+          out->append("\\r");
+          break;
+        case '\t':
+          out->append("\\t");
+          break;
+        case '\b':
+          out->append("\\b");
+          break;
+        case '\f':
+          out->append("\\f");
+          break;
+        default:
+          if (c < 0x20 || c == 0x7f) {
+            out->append("\\u00");
+            out->push_back(kHex[c >> 4]);
+            out->push_back(kHex[c & 0xf]);
+          } else {
+            out->push_back(static_cast<char>(c));
+          }
+      }
+      ++i;
+      continue;
+    }
+    // Multi-byte UTF-8: check the lead byte, the continuation bytes, and
+    // the ranges that rule out overlong forms, surrogates and > U+10FFFF.
+    size_t len = 0;
+    unsigned char lo = 0x80;
+    unsigned char hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    }
+    bool valid = len != 0 && i + len <= n && s[i + 1] >= lo && s[i + 1] <= hi;
+    for (size_t k = 2; valid && k < len; ++k) valid = s[i + k] >= 0x80 && s[i + k] <= 0xBF;
+    if (valid) {
+      out->append(text.substr(i, len));
+      i += len;
+    } else {
+      out->append(kReplacement);
+      ++i;
+    }
+  }
+  out->push_back('"');
+}
+
+std::string sse_error_event(std::string_view message, std::string_view type, int code) {
+  std::string out;
+  out.reserve(80 + message.size() + type.size());
+  out.append("data: {\"error\":{\"message\":");
+  append_json_string(&out, message);
+  out.append(",\"type\":");
+  append_json_string(&out, type);
+  out.append(",\"param\":null,\"code\":");
+  out.append(std::to_string(code));
+  out.append("}}\n\n");
+  return out;
+}
+
+}  // namespace tr

@@ -1,0 +1,69 @@
+// Per-engine counters and histograms, and their Prometheus text exposition in
+// the shape vLLM V1 serves (prometheus_client output, labels sorted). Pure:
+// the caller passes the gauges and the time stamps.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tr::sim {
+
+enum class FinishReason : uint8_t { none = 0, stop, length, abort };
+
+// A histogram with fixed upper bounds (seconds); counts are per bucket (not
+// cumulative) and made cumulative when rendered.
+struct Histogram {
+  static constexpr size_t kBucketsMax = 24;
+  const double* bounds = nullptr;
+  size_t bucket_count = 0;  // bounds, +Inf excluded
+  std::array<uint64_t, kBucketsMax + 1> counts{};
+  uint64_t count = 0;
+  double sum = 0;
+
+  void observe(double v);
+};
+
+struct EngineMetrics {
+  uint64_t prefix_cache_queries = 0;  // tokens
+  uint64_t prefix_cache_hits = 0;     // tokens
+  uint64_t prompt_tokens = 0;
+  uint64_t generation_tokens = 0;
+  uint64_t preemptions = 0;
+  uint64_t aborted = 0;                // client disconnects (sim-specific)
+  std::array<uint64_t, 4> finished{};  // indexed by FinishReason
+  Histogram ttft;
+  Histogram itl;
+  Histogram e2e;
+
+  EngineMetrics();
+};
+
+// What the exposition needs from one engine at render time.
+struct EngineGauges {
+  const EngineMetrics* metrics;
+  uint32_t running;
+  uint32_t waiting;
+  double kv_usage;  // 0..1
+};
+
+struct CacheInfo {
+  uint32_t block_size;
+  uint32_t num_gpu_blocks;
+  bool prefix_caching;
+};
+
+// Appends the full exposition to <out>. <created_s> is the wall-clock second
+// (with fraction) the metrics were created, as prometheus_client reports it.
+void render_metrics(std::string* out, std::string_view model_name,
+                    const std::vector<EngineGauges>& engines, const CacheInfo& cache,
+                    double created_s);
+
+// Appends <v> the way prometheus_client's floatToGoString does ("1.0", "0.25",
+// "1.7e+09", "+Inf").
+void append_prom_float(std::string* out, double v);
+
+}  // namespace tr::sim

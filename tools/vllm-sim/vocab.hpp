@@ -1,0 +1,41 @@
+// Deterministic token text and the hashing it rests on. Pure: no I/O, no
+// clock. A token is one word of a fixed vocabulary, picked by hashing
+// (seed, request key, token index); every word is stored both raw and
+// JSON-escaped so the hot path only copies bytes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace tr::sim {
+
+// splitmix64 finalizer: a cheap, well-mixed 64-bit permutation.
+inline uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// 64-bit FNV-1a over <data>, started from <seed>, then mixed.
+uint64_t hash_bytes(const void* data, size_t len, uint64_t seed);
+
+struct Word {
+  std::string_view raw;      // UTF-8 text as the client sees it after JSON decoding
+  std::string_view escaped;  // the same text JSON-escaped (as pydantic writes it)
+};
+
+constexpr size_t kVocabSize = 64;
+constexpr size_t kWordEscapedBytesMax = 24;
+
+// The word for token <index> of the request whose key is <key>.
+const Word& token_word(uint64_t seed, uint64_t key, uint32_t index);
+
+// Appends <text> JSON-escaped the way pydantic v2 does: '"', '\\' and
+// control characters escaped, everything else (including non-ASCII UTF-8)
+// copied as is.
+void json_escape_append(std::string* out, std::string_view text);
+
+}  // namespace tr::sim
