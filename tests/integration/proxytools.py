@@ -35,12 +35,13 @@ def io_backend():
     return os.environ.get("TOKENRELAY_IO", "auto")
 
 
-def make_config(backends, workers=1, io=None, extra=""):
+def make_config(backends, workers=1, io=None, extra="", health_interval_ms=200,
+                drain_timeout_ms=10000):
     """INI text: <backends> is a list of Sims, ports, or (name, url) pairs."""
     lines = ["[proxy]", "listen = 127.0.0.1:0", "workers = %d" % workers,
-             "io = %s" % (io or io_backend()), "drain_timeout_ms = 10000", "",
+             "io = %s" % (io or io_backend()), "drain_timeout_ms = %d" % drain_timeout_ms, "",
              "[admin]", "listen = 127.0.0.1:0", "",
-             "[poller]", "health_interval_ms = 200", "timeout_ms = 500", ""]
+             "[poller]", "health_interval_ms = %d" % health_interval_ms, "timeout_ms = 500", ""]
     for i, b in enumerate(backends):
         if isinstance(b, tuple):
             name, url = b
