@@ -35,6 +35,7 @@ void usage(FILE* f) {
                "  --config PATH  INI configuration (default %s)\n"
                "  --check        validate the configuration and exit (0 = valid)\n"
                "  --version      print the version and exit\n"
+               "  --probe-io     say whether io_uring can be used here (exit 0) or not (exit 1)\n"
                "  --help         this text\n"
                "\n"
                "Signals: SIGTERM/SIGINT drain in-flight streams and exit 0.\n"
@@ -120,6 +121,11 @@ int main(int argc, char** argv) {
     } else if (a == "--version") {
       std::printf("tokenrelay %s\n", TOKENRELAY_VERSION);
       return 0;
+    } else if (a == "--probe-io") {
+      char why[256];
+      bool ok = tr::io::probe_io_uring(why, sizeof why);
+      std::printf("io_uring: %s%s\n", ok ? "available: " : "unavailable: ", why);
+      return ok ? 0 : 1;
     } else if (a == "--help" || a == "-h") {
       usage(stdout);
       return 0;

@@ -17,6 +17,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -462,6 +463,12 @@ class UringLoop final : public Loop {
 };
 
 Loop* make_uring_loop(const LoopOptions& opt, char* why, size_t why_len) {
+  // Fault injection for tests: behave as a kernel without io_uring would.
+  if (getenv("TOKENRELAY_FAKE_NO_IO_URING") != nullptr) {
+    std::snprintf(why, why_len, "io_uring_setup: %s (TOKENRELAY_FAKE_NO_IO_URING is set)",
+                  std::strerror(ENOSYS));
+    return nullptr;
+  }
   auto* l = new UringLoop(opt);
   if (!l->init(opt, why, why_len)) {
     delete l;

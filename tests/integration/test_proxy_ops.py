@@ -142,7 +142,28 @@ def check_drain_timeout_bounds_exit():
     sim.stop()
 
 
+def check_fallback_to_epoll_without_io_uring():
+    sim = start_sim("--speed", "200")
+    env = dict(os.environ, TOKENRELAY_FAKE_NO_IO_URING="1")
+    px = start_proxy([sim], io="auto", env=env)
+    try:
+        assert "I/O backend: epoll (io_uring unavailable: io_uring_setup: " in px.log(), px.log()
+        r = stream_chat(px.port, max_tokens=4)
+        assert r.status == 200 and r.complete
+    finally:
+        assert px.stop() == 0
+    cfg = write("[proxy]\nlisten = 127.0.0.1:0\nio = io_uring\n[admin]\nlisten = 127.0.0.1:0\n"
+                "[backend a]\nurl = %s\n" % sim.url)
+    r = subprocess.run([proxy_binary(), "--config", cfg], capture_output=True, text=True,
+                       timeout=20, env=env)
+    assert r.returncode == 1 and "io_uring unavailable (configured: io = io_uring)" in r.stderr, \
+        r.stderr
+    sim.stop()
+
+
 run_checks([
+    ("no io_uring: auto falls back to epoll, io_uring refuses",
+     check_fallback_to_epoll_without_io_uring),
     ("CLI: --check, --version, --help, file:line errors", check_cli_and_config_errors),
     ("/v1/models union, /health, backend logged", check_models_union_and_health),
     ("admin /metrics families and counts", check_metrics_families),
