@@ -359,6 +359,18 @@ void ClientConn::try_next_replica() {
                    "upstream_connect_failed");
 }
 
+// Back-pressure thresholds. Bytes bound memory; segments bound how many pool
+// buffers one slow client can pin (a small SSE event still holds a whole buffer).
+bool ClientConn::client_is_behind() const {
+  return out_.bytes() > w_->cfg().limits.stream_buffer_bytes ||
+         out_.segments() > kStreamSegmentsMax;
+}
+
+bool ClientConn::client_caught_up() const {
+  return out_.bytes() <= w_->cfg().limits.stream_buffer_bytes / 2 &&
+         out_.segments() <= kStreamSegmentsMax / 2;
+}
+
 void ClientConn::upstream_connected(UpstreamConn* u, int res) {
   TR_ASSERT(u == up_);
   if (res == 0) {
@@ -687,8 +699,8 @@ void ClientConn::on_send(io::Socket* s, int res) {
     return;
   }
   out_.consume(static_cast<uint64_t>(res));
-  if (up_ && state_ == State::kRelaying && up_->sock_.recv_on() == false && !up_->closing_ &&
-      out_.bytes() < w_->cfg().limits.stream_buffer_bytes / 2) {
+  if (up_ && state_ == State::kRelaying && !up_->sock_.recv_on() && !up_->closing_ &&
+      client_caught_up()) {
     w_->loop().recv_start(&up_->sock_);  // the client caught up: read the replica again
   }
   if (!out_.empty()) {
@@ -817,8 +829,7 @@ void UpstreamConn::on_recv(io::Socket* s, uint16_t bid, char* data, uint32_t len
   c->upstream_data(this, bid, data, len);
   w_->loop().pool().unref(bid);
   // Back-pressure: a client that does not read stops us reading its replica.
-  if (client_ == c && !closing_ && c && sock_.recv_on() &&
-      c->out_.bytes() > w_->cfg().limits.stream_buffer_bytes) {
+  if (client_ == c && !closing_ && sock_.recv_on() && c->client_is_behind()) {
     w_->loop().recv_stop(&sock_);
   }
 }

@@ -31,6 +31,10 @@ class Worker;
 class UpstreamConn;
 
 inline constexpr size_t kMaxRanked = 16;  // replicas tried for one request, at most
+// Pool buffers one stream may hold queued for a slow client before its replica
+// stops being read. With the default 4096 buffers per worker, 64 stalled streams
+// would pin them all: issue 4 adds compaction of stalled queues.
+inline constexpr uint32_t kStreamSegmentsMax = 64;
 
 class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   friend class UpstreamConn;
@@ -92,6 +96,8 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   void close_now();
   void arm_timer_for_state();
   void check_backpressure();
+  bool client_is_behind() const;
+  bool client_caught_up() const;
 
   Worker* w_;
   io::Socket sock_;
