@@ -27,12 +27,18 @@ constexpr int kEpollBatch = 256;
 
 const char* stage_name(Stage s) {
   switch (s) {
-    case Stage::none: return "ok";
-    case Stage::socket: return "socket";
-    case Stage::connect: return "connect";
-    case Stage::send: return "send";
-    case Stage::recv: return "recv";
-    case Stage::parse: return "parse";
+    case Stage::none:
+      return "ok";
+    case Stage::socket:
+      return "socket";
+    case Stage::connect:
+      return "connect";
+    case Stage::send:
+      return "send";
+    case Stage::recv:
+      return "recv";
+    case Stage::parse:
+      return "parse";
   }
   return "?";
 }
@@ -129,14 +135,20 @@ bool HttpClient::get(uint32_t target, uint32_t channel, std::string_view path,
   return true;
 }
 
-void HttpClient::arm(Conn& c, uint32_t events) {
-  if (c.armed == events) return;
+bool HttpClient::arm(Conn& c, uint32_t events) {
+  if (c.armed == events) return true;
   epoll_event ev{};
   ev.events = events;
   ev.data.u64 = index(c);
   int rc = epoll_ctl(epfd_, c.armed == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, c.fd, &ev);
-  TR_ASSERT(rc == 0);  // fd is ours and open: anything else is a bug
+  if (rc != 0) {
+    // ADD may hit ENOMEM or ENOSPC (fs.epoll.max_user_watches); anything else is a bug.
+    TR_ASSERT(c.armed == 0);
+    TR_ASSERT(errno == ENOMEM || errno == ENOSPC);
+    return false;
+  }
   c.armed = events;
+  return true;
 }
 
 void HttpClient::close_conn(Conn& c) {
@@ -167,7 +179,7 @@ void HttpClient::start_connect(Conn& c) {
   }
   if (errno != EINPROGRESS) return fail(c, Stage::connect, errno);
   c.sock = Sock::connecting;
-  arm(c, kEventsOut);
+  if (!arm(c, kEventsOut)) return fail(c, Stage::connect, errno);
 }
 
 void HttpClient::start_send(Conn& c) {
@@ -193,7 +205,7 @@ void HttpClient::do_send(Conn& c) {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      arm(c, kEventsOut);
+      if (!arm(c, kEventsOut)) return fail(c, Stage::send, errno);
       return;
     }
     int err = n < 0 ? errno : EPIPE;
@@ -201,7 +213,7 @@ void HttpClient::do_send(Conn& c) {
     return fail(c, Stage::send, err);
   }
   c.sock = Sock::receiving;
-  arm(c, kEventsIn);
+  if (!arm(c, kEventsIn)) return fail(c, Stage::recv, errno);
 }
 
 void HttpClient::on_connect_event(Conn& c) {
@@ -214,7 +226,9 @@ void HttpClient::on_connect_event(Conn& c) {
 
 // Readable while idle: the server closed the connection (or sent bytes nobody
 // asked for). Either way it cannot carry the next request.
-void HttpClient::on_idle_event(Conn& c) { close_conn(c); }
+void HttpClient::on_idle_event(Conn& c) {
+  close_conn(c);
+}
 
 void HttpClient::do_recv(Conn& c) {
   ssize_t n;
@@ -267,9 +281,9 @@ void HttpClient::succeed(Conn& c, bool keep_alive) {
   c.result_status = static_cast<int32_t>(c.parser.status_code);
   c.result_stage = Stage::none;
   if (keep_alive) {
+    TR_DASSERT(c.armed == kEventsIn);  // armed when the request went out: MOD-free
     c.sock = Sock::idle;
     c.idle_since_ms = mono_ms();
-    arm(c, kEventsIn);
   } else {
     close_conn(c);
   }
@@ -320,7 +334,8 @@ void HttpClient::deadline_link(Conn& c) {
   // Requests mostly arrive with non-decreasing deadlines: walk from the tail.
   int32_t i = index(c);
   int32_t after = dl_tail_;
-  while (after >= 0 && conns_[after].deadline_ms > c.deadline_ms) after = conns_[after].dl_prev;
+  while (after >= 0 && conns_[after].deadline_ms > c.deadline_ms)
+    after = conns_[after].dl_prev;
   c.dl_prev = after;
   c.dl_next = after >= 0 ? conns_[after].dl_next : dl_head_;
   if (c.dl_next >= 0) {
@@ -404,11 +419,20 @@ bool HttpClient::run(int64_t wait_until_ms) {
     Conn& c = conns_[events[k].data.u64];
     if (c.fd < 0) continue;  // closed by an earlier event in this batch
     switch (c.sock) {
-      case Sock::idle: on_idle_event(c); break;
-      case Sock::connecting: on_connect_event(c); break;
-      case Sock::sending: do_send(c); break;
-      case Sock::receiving: do_recv(c); break;
-      case Sock::closed: break;
+      case Sock::idle:
+        on_idle_event(c);
+        break;
+      case Sock::connecting:
+        on_connect_event(c);
+        break;
+      case Sock::sending:
+        do_send(c);
+        break;
+      case Sock::receiving:
+        do_recv(c);
+        break;
+      case Sock::closed:
+        break;
     }
   }
   expire(mono_ms());

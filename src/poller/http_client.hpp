@@ -119,10 +119,10 @@ class HttpClient {
   struct Conn {
     int fd = -1;
     Sock sock = Sock::closed;
-    uint32_t armed = 0;  // epoll events registered for fd (0 = not registered)
-    bool busy = false;   // a request is in flight or its result awaits delivery
-    bool reused = false;    // this request went out on a connection that served before
-    bool retried = false;   // the stale-connection retry was used
+    uint32_t armed = 0;    // epoll events registered for fd (0 = not registered)
+    bool busy = false;     // a request is in flight or its result awaits delivery
+    bool reused = false;   // this request went out on a connection that served before
+    bool retried = false;  // the stale-connection retry was used
     bool head_done = false;
     bool complete = false;
     bool too_large = false;
@@ -148,7 +148,9 @@ class HttpClient {
   static int cb_message_complete(llhttp_t* p);
 
   uint32_t index(const Conn& c) const { return static_cast<uint32_t>(&c - conns_.get()); }
-  void arm(Conn& c, uint32_t events);
+  // Registers or updates <c>'s epoll interest. Returns false (errno set) only if
+  // the first registration fails for lack of kernel resources.
+  bool arm(Conn& c, uint32_t events);
   void close_conn(Conn& c);
   void start_connect(Conn& c);
   void start_send(Conn& c);
@@ -172,7 +174,7 @@ class HttpClient {
   llhttp_settings_t settings_;
   std::unique_ptr<Conn[]> conns_;  // targets * channels, never resized
   std::unique_ptr<char[]> recv_buf_;
-  std::vector<uint32_t> done_;     // ended requests awaiting delivery
+  std::vector<uint32_t> done_;  // ended requests awaiting delivery
   std::vector<uint32_t> delivering_;
   int epfd_ = -1;
   int wake_fd_ = -1;

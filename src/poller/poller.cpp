@@ -64,7 +64,29 @@ std::string describe(const Response& r) {
   return s;
 }
 
-uint32_t saturating_inc(uint32_t v) { return v == UINT32_MAX ? v : v + 1; }
+// <base_path> + <suffix>, with bytes that cannot appear raw in a request target
+// percent-encoded (the config loader should not let them through; never trust it).
+// A base path too long for a request line is dropped (logged by the caller).
+std::string request_path(const std::string& base_path, const char* suffix) {
+  static const char kHex[] = "0123456789ABCDEF";
+  std::string p;
+  for (char ch : base_path) {
+    unsigned char u = static_cast<unsigned char>(ch);
+    if (u <= 0x20 || u >= 0x7f) {
+      p.push_back('%');
+      p.push_back(kHex[u >> 4]);
+      p.push_back(kHex[u & 15]);
+    } else {
+      p.push_back(ch);
+    }
+  }
+  if (p.size() + std::strlen(suffix) > kRequestPathBytesMax) p.clear();  // still a valid probe
+  return p.append(suffix);
+}
+
+uint32_t saturating_inc(uint32_t v) {
+  return v == UINT32_MAX ? v : v + 1;
+}
 
 // The next tick of a fixed-rate schedule; skips ticks missed entirely.
 int64_t next_tick(int64_t prev_ms, int64_t interval_ms, int64_t now_ms) {
@@ -100,8 +122,12 @@ struct Poller::Impl final : HttpHandler {
       const BackendConfig& b = cfg.backends[i];
       replicas[i].name = b.name;
       replicas[i].url = b.url;
-      replicas[i].health_path = b.base_path + "/health";
-      replicas[i].models_path = b.base_path + "/v1/models";
+      replicas[i].health_path = request_path(b.base_path, "/health");
+      replicas[i].models_path = request_path(b.base_path, "/v1/models");
+      if (replicas[i].models_path == "/v1/models" && !b.base_path.empty()) {
+        TR_LOG_WARN("replica %s (%s): base path over %zu bytes; probing without it", b.name.c_str(),
+                    b.url.c_str(), kRequestPathBytesMax);
+      }
     }
     wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd < 0) {
@@ -109,8 +135,8 @@ struct Poller::Impl final : HttpHandler {
       TR_ASSERT(wake_fd >= 0);
     }
     client.set_wake_fd(wake_fd);
-    models_json.store(std::make_shared<const std::string>("{\"object\":\"list\",\"data\":[]}"));
-    models_by_replica.store(std::make_shared<const ModelsByReplica>(replicas.size()));
+    models_json = std::make_shared<const std::string>("{\"object\":\"list\",\"data\":[]}");
+    models_by_replica = std::make_shared<const ModelsByReplica>(replicas.size());
   }
 
   ~Impl() override {
@@ -182,8 +208,8 @@ struct Poller::Impl final : HttpHandler {
                     rep.name.c_str(), rep.url.c_str(), rep.models_path.c_str(), why.c_str(),
                     rep.models.size());
       } else {
-        TR_LOG_DEBUG("replica %s: GET %s failed: %s", rep.name.c_str(),
-                     rep.models_path.c_str(), why.c_str());
+        TR_LOG_DEBUG("replica %s: GET %s failed: %s", rep.name.c_str(), rep.models_path.c_str(),
+                     why.c_str());
       }
       rep.models_failing = rep.models_failing || rep.state == HealthState::up;
       return;
@@ -213,12 +239,16 @@ struct Poller::Impl final : HttpHandler {
       const Replica& rep = replicas[i];
       if (rep.state == HealthState::up && rep.models_known) lists[i] = &rep.models;
       (*by_replica)[i].reserve(rep.models.size());
-      for (const ModelEntry& m : rep.models) (*by_replica)[i].push_back(m.id);
+      for (const ModelEntry& m : rep.models)
+        (*by_replica)[i].push_back(m.id);
     }
     auto json = std::make_shared<std::string>();
     merge_models(lists, json.get());
-    models_json.store(std::move(json), std::memory_order_release);
-    models_by_replica.store(std::move(by_replica), std::memory_order_release);
+    std::shared_ptr<const std::string> json_c = std::move(json);
+    std::shared_ptr<const ModelsByReplica> by_replica_c = std::move(by_replica);
+    std::atomic_store_explicit(&models_json, std::move(json_c), std::memory_order_release);
+    std::atomic_store_explicit(&models_by_replica, std::move(by_replica_c),
+                               std::memory_order_release);
   }
 
   void health_round(int64_t now) {
@@ -282,14 +312,20 @@ struct Poller::Impl final : HttpHandler {
   int64_t next_models_ms = 0;
   std::atomic<bool> stop_requested{false};
   std::thread thread;
-  std::atomic<std::shared_ptr<const std::string>> models_json;
-  std::atomic<std::shared_ptr<const ModelsByReplica>> models_by_replica;
+  // Snapshots read by worker threads; accessed only through std::atomic_load and
+  // std::atomic_store. (libstdc++ 12's std::atomic<std::shared_ptr> unlocks with a
+  // relaxed store after load(), which ThreadSanitizer reports as a race; the free
+  // functions use a mutex pool and are clean.)
+  std::shared_ptr<const std::string> models_json;
+  std::shared_ptr<const ModelsByReplica> models_by_replica;
 };
 
 Poller::Poller(const tr::Config& cfg, tr::scores::Table* table)
     : impl_(std::make_unique<Impl>(cfg, table)) {}
 
-Poller::~Poller() { stop(); }
+Poller::~Poller() {
+  stop();
+}
 
 void Poller::poll_once() {
   TR_ASSERT(!impl_->thread.joinable());
@@ -312,11 +348,11 @@ void Poller::stop() {
 }
 
 std::shared_ptr<const std::string> Poller::models_json() const {
-  return impl_->models_json.load(std::memory_order_acquire);
+  return std::atomic_load_explicit(&impl_->models_json, std::memory_order_acquire);
 }
 
 std::shared_ptr<const ModelsByReplica> Poller::models_by_replica() const {
-  return impl_->models_by_replica.load(std::memory_order_acquire);
+  return std::atomic_load_explicit(&impl_->models_by_replica, std::memory_order_acquire);
 }
 
 }  // namespace tr::poller

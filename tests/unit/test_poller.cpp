@@ -80,6 +80,10 @@ class FakeServer {
   void close_after_each(bool v) { close_after_each_.store(v); }
   int accepted() const { return accepted_.load(); }
   int requests() const { return requests_.load(); }
+  std::string last_head() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_head_;
+  }
 
  private:
   void loop() {
@@ -90,7 +94,8 @@ class FakeServer {
       fds.push_back(pollfd{stop_pipe_[0], POLLIN, 0});
       fds.push_back(pollfd{lfd_, POLLIN, 0});
       if (!hang_) {
-        for (const auto& kv : conns) fds.push_back(pollfd{kv.first, POLLIN, 0});
+        for (const auto& kv : conns)
+          fds.push_back(pollfd{kv.first, POLLIN, 0});
       }
       if (::poll(fds.data(), fds.size(), -1) < 0) continue;
       if (fds[0].revents != 0) break;
@@ -105,7 +110,8 @@ class FakeServer {
         if (fds[k].revents != 0) serve(fds[k].fd, &conns);
       }
     }
-    for (const auto& kv : conns) ::close(kv.first);
+    for (const auto& kv : conns)
+      ::close(kv.first);
   }
 
   void serve(int fd, std::map<int, std::string>* conns) {
@@ -129,6 +135,7 @@ class FakeServer {
       Reply r{404, "not found", Framing::length};
       {
         std::lock_guard<std::mutex> lock(mu_);
+        last_head_ = head;
         auto it = routes_.find(path);
         if (it != routes_.end()) r = it->second;
       }
@@ -181,6 +188,7 @@ class FakeServer {
   uint16_t port_ = 0;
   std::mutex mu_;
   std::map<std::string, Reply> routes_;
+  std::string last_head_;
   std::atomic<bool> close_after_each_{false};
   std::atomic<int> accepted_{0};
   std::atomic<int> requests_{0};
@@ -253,7 +261,8 @@ struct Recorder final : tr::poller::HttpHandler {
 };
 
 void run_until_idle(tr::poller::HttpClient& c) {
-  while (c.in_flight() > 0) c.run(INT64_MAX);
+  while (c.in_flight() > 0)
+    c.run(INT64_MAX);
 }
 
 bool wait_for(const std::function<bool()>& pred, int timeout_ms = 5000) {
@@ -367,7 +376,8 @@ TEST_CASE("http client: keep-alive reuses one connection per channel", "[poller]
     run_until_idle(client);
   }
   REQUIRE(rec.results.size() == 5);
-  for (const Result& r : rec.results) CHECK(r.status == 200);
+  for (const Result& r : rec.results)
+    CHECK(r.status == 200);
   CHECK(rec.results[1].body == "abc");
   CHECK(srv.accepted() == 1);
   CHECK(srv.requests() == 5);
@@ -425,7 +435,8 @@ TEST_CASE("http client: a hung or refused replica does not delay the others", "[
                                 &rec);
   const int64_t timeout_ms = 400;
   int64_t t0 = tr::mono_ms();
-  for (uint32_t i = 0; i < 3; ++i) REQUIRE(client.get(i, 0, "/health", t0 + timeout_ms));
+  for (uint32_t i = 0; i < 3; ++i)
+    REQUIRE(client.get(i, 0, "/health", t0 + timeout_ms));
   run_until_idle(client);
   int64_t elapsed = tr::mono_ms() - t0;
   REQUIRE(rec.results.size() == 3);
@@ -484,7 +495,8 @@ TEST_CASE("poller: poll_once marks replicas up and down and merges models", "[po
   CHECK(table.at(2).last_health_status.load() == -ETIMEDOUT);
   CHECK(table.at(3).last_health_status.load() == -ECONNREFUSED);
   CHECK(table.at(4).last_health_status.load() == 200);
-  for (size_t i = 0; i < 5; ++i) CHECK(table.at(i).last_health_ms.load() >= t0);
+  for (size_t i = 0; i < 5; ++i)
+    CHECK(table.at(i).last_health_ms.load() >= t0);
 
   // Union in config order, first replica wins "shared", the 503 one is left out.
   CHECK(*poller.models_json() ==
@@ -497,6 +509,25 @@ TEST_CASE("poller: poll_once marks replicas up and down and merges models", "[po
   CHECK((*by)[2].empty());
   CHECK((*by)[3].empty());
   CHECK((*by)[4] == std::vector<std::string>{"shared", "m2"});
+}
+
+TEST_CASE("poller: probes live under base_path and name the replica in Host", "[poller]") {
+  FakeServer srv;
+  srv.route("/vllm/a/health", {200, "", FakeServer::Framing::length});
+  srv.route("/vllm/a/v1/models", {200, kModelsB, FakeServer::Framing::length});
+  tr::Config cfg;
+  cfg.poller.timeout_ms = 1000;
+  cfg.backends = {backend("gpu0", srv.port())};
+  cfg.backends[0].base_path = "/vllm/a";
+  cfg.backends[0].host = "gpu0.local";
+  tr::scores::Table table(1);
+  tr::poller::Poller poller(cfg, &table);
+  poller.poll_once();
+  CHECK(table.at(0).up.load());
+  CHECK((*poller.models_by_replica())[0] == std::vector<std::string>{"shared", "m2"});
+  std::string head = srv.last_head();
+  CHECK(head.find("\r\nHost: gpu0.local:" + std::to_string(srv.port()) + "\r\n") !=
+        std::string::npos);
 }
 
 TEST_CASE("poller: the thread follows a replica going up and down", "[poller]") {
@@ -520,10 +551,12 @@ TEST_CASE("poller: the thread follows a replica going up and down", "[poller]") 
   srv.route("/v1/models", {200, kModelsA, FakeServer::Framing::chunked});
   srv.route("/health", {200, "", FakeServer::Framing::length});
   // Coming up refreshes the model list at once (not at the next 5 s round).
-  REQUIRE(wait_for([&] {
-    return table.at(1).up.load() &&
-           poller.models_json()->find("\"owned_by\":\"vllm\"") != std::string::npos;
-  }, 2500));
+  REQUIRE(wait_for(
+      [&] {
+        return table.at(1).up.load() &&
+               poller.models_json()->find("\"owned_by\":\"vllm\"") != std::string::npos;
+      },
+      2500));
   CHECK((*poller.models_by_replica())[1] == std::vector<std::string>{"m1", "shared"});
 
   srv.route("/health", {500, "", FakeServer::Framing::close});
