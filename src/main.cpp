@@ -54,7 +54,8 @@ std::vector<int> allowed_cpus() {
   }
   if (cpus.empty()) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    for (int i = 0; i < (n > 0 ? n : 1); ++i) cpus.push_back(i);
+    for (int i = 0; i < (n > 0 ? n : 1); ++i)
+      cpus.push_back(i);
   }
   return cpus;
 }
@@ -200,7 +201,8 @@ int main(int argc, char** argv) {
     std::string err;
     if (!w->start(&err)) {
       TR_LOG_ERROR("worker %zu: cannot start its event loop: %s", i, err.c_str());
-      for (auto& other : workers) other->request_drain();
+      for (auto& other : workers)
+        other->request_drain();
       return 1;
     }
     workers.push_back(std::move(w));
@@ -211,22 +213,24 @@ int main(int argc, char** argv) {
   tr::admin::Sources sources;
   sources.cfg = &cfg;
   sources.table = &table;
-  for (auto& w : workers) sources.workers.push_back(&w->stats());
+  for (auto& w : workers)
+    sources.workers.push_back(&w->stats());
   sources.io_backend = io_desc.rfind("io_uring", 0) == 0 ? "io_uring" : "epoll";
   tr::admin::AdminServer admin;
   std::string aerr;
   if (!admin.start(cfg.admin.listen, &sources, &aerr)) {
     TR_LOG_ERROR("%s", aerr.c_str());
-    for (auto& w : workers) w->request_drain();
+    for (auto& w : workers)
+      w->request_drain();
     return 1;
   }
   poller.start();
 
   tr::SockAddr admin_addr = cfg.admin.listen;
   TR_LOG_INFO("tokenrelay %s listening on %s (%zu workers%s), admin on %s:%u, %zu replicas",
-              TOKENRELAY_VERSION, addr_text(listen_addr).c_str(), nworkers,
-              pin ? ", pinned" : "", admin_addr.text.substr(0, admin_addr.text.rfind(':')).c_str(),
-              admin.port(), cfg.backends.size());
+              TOKENRELAY_VERSION, addr_text(listen_addr).c_str(), nworkers, pin ? ", pinned" : "",
+              admin_addr.text.substr(0, admin_addr.text.rfind(':')).c_str(), admin.port(),
+              cfg.backends.size());
   sd_notifyf(0, "READY=1\nSTATUS=serving on %s, %zu replicas", addr_text(listen_addr).c_str(),
              cfg.backends.size());
 
@@ -244,8 +248,10 @@ int main(int argc, char** argv) {
     }
     // SIGUSR1: no access log to reopen yet.
   }
-  for (auto& w : workers) w->request_drain();
-  for (auto& w : workers) w->join();
+  for (auto& w : workers)
+    w->request_drain();
+  for (auto& w : workers)
+    w->join();
   poller.stop();
   admin.stop();
   TR_LOG_INFO("drained; exiting");

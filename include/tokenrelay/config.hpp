@@ -40,12 +40,12 @@ struct BackendConfig {
 };
 
 struct ProxyConfig {
-  SockAddr listen;               // [proxy] listen, default 0.0.0.0:8000
-  uint32_t workers = 0;          // [proxy] workers, 0 = auto (one per online CPU)
-  IoMode io = IoMode::automatic; // [proxy] io
-  uint32_t drain_timeout_ms = 30000;  // [proxy] drain_timeout_ms
-  uint32_t recv_buffer_bytes = 16384; // [proxy] recv_buffer_bytes (power of two)
-  uint32_t recv_buffers = 4096;       // [proxy] recv_buffers per worker (power of two)
+  SockAddr listen;                     // [proxy] listen, default 0.0.0.0:8000
+  uint32_t workers = 0;                // [proxy] workers, 0 = auto (one per online CPU)
+  IoMode io = IoMode::automatic;       // [proxy] io
+  uint32_t drain_timeout_ms = 30000;   // [proxy] drain_timeout_ms
+  uint32_t recv_buffer_bytes = 16384;  // [proxy] recv_buffer_bytes (power of two)
+  uint32_t recv_buffers = 4096;        // [proxy] recv_buffers per worker (power of two)
 };
 
 struct AdminConfig {
@@ -59,23 +59,23 @@ struct PollerConfig {
 };
 
 struct LimitsConfig {
-  uint32_t request_line_bytes = 8 * 1024;     // [limits] request_line_bytes -> 414
-  uint32_t header_bytes = 16 * 1024;          // [limits] header_bytes -> 431
-  uint32_t header_count = 100;                // [limits] header_count -> 431
-  uint64_t body_bytes = 32ull * 1024 * 1024;  // [limits] body_bytes -> 413
-  uint32_t connections_per_worker = 16384;    // [limits] connections_per_worker
-  uint32_t stream_buffer_bytes = 1024 * 1024; // [limits] stream_buffer_bytes: unsent bytes
-                                              // per stream before upstream reads pause
+  uint32_t request_line_bytes = 8 * 1024;      // [limits] request_line_bytes -> 414
+  uint32_t header_bytes = 16 * 1024;           // [limits] header_bytes -> 431
+  uint32_t header_count = 100;                 // [limits] header_count -> 431
+  uint64_t body_bytes = 32ull * 1024 * 1024;   // [limits] body_bytes -> 413
+  uint32_t connections_per_worker = 16384;     // [limits] connections_per_worker
+  uint32_t stream_buffer_bytes = 1024 * 1024;  // [limits] stream_buffer_bytes: unsent bytes
+                                               // per stream before upstream reads pause
 };
 
 struct TimeoutsConfig {
-  uint32_t client_header_ms = 10000;          // [timeouts] client_header_ms -> 408
-  uint32_t client_body_idle_ms = 60000;       // [timeouts] client_body_idle_ms
-  uint32_t keepalive_idle_ms = 60000;         // [timeouts] keepalive_idle_ms
-  uint32_t client_write_ms = 60000;           // [timeouts] client_write_ms
-  uint32_t upstream_connect_ms = 5000;        // [timeouts] upstream_connect_ms
-  uint32_t upstream_first_byte_ms = 300000;   // [timeouts] upstream_first_byte_ms -> 504
-  uint32_t upstream_idle_ms = 60000;          // [timeouts] upstream_idle_ms
+  uint32_t client_header_ms = 10000;         // [timeouts] client_header_ms -> 408
+  uint32_t client_body_idle_ms = 60000;      // [timeouts] client_body_idle_ms
+  uint32_t keepalive_idle_ms = 60000;        // [timeouts] keepalive_idle_ms
+  uint32_t client_write_ms = 60000;          // [timeouts] client_write_ms
+  uint32_t upstream_connect_ms = 5000;       // [timeouts] upstream_connect_ms
+  uint32_t upstream_first_byte_ms = 300000;  // [timeouts] upstream_first_byte_ms -> 504
+  uint32_t upstream_idle_ms = 60000;         // [timeouts] upstream_idle_ms
 };
 
 struct UpstreamConfig {

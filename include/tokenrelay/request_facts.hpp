@@ -9,14 +9,14 @@
 namespace tr {
 
 struct RequestFacts {
-  bool json_ok = false;       // body parsed as a JSON object
-  bool stream = false;        // "stream": true
-  bool include_usage = false; // "stream_options": {"include_usage": true}
-  std::string model;          // "model" (empty when absent)
-  int64_t max_tokens = -1;    // "max_completion_tokens" or "max_tokens"; -1 when absent
-  uint64_t prompt_chars = 0;  // characters of prompt text (prompt / messages[].content)
+  bool json_ok = false;           // body parsed as a JSON object
+  bool stream = false;            // "stream": true
+  bool include_usage = false;     // "stream_options": {"include_usage": true}
+  std::string model;              // "model" (empty when absent)
+  int64_t max_tokens = -1;        // "max_completion_tokens" or "max_tokens"; -1 when absent
+  uint64_t prompt_chars = 0;      // characters of prompt text (prompt / messages[].content)
   uint64_t prompt_token_ids = 0;  // token ids given directly (prompt as int array)
-  uint32_t messages = 0;      // number of chat messages
+  uint32_t messages = 0;          // number of chat messages
 };
 
 }  // namespace tr

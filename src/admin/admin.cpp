@@ -98,7 +98,8 @@ std::string render_metrics(const Sources& src) {
          "Attempts moved to another replica or connection before any response byte.");
   for (size_t b = 0; b < nb; ++b) {
     uint64_t v = 0;
-    for (const proxy::WorkerStats* w : src.workers) v += w->backend(b).retries.get();
+    for (const proxy::WorkerStats* w : src.workers)
+      v += w->backend(b).retries.get();
     appendf(&out, "tokenrelay_upstream_retries_total{backend=\"%s\"} %llu\n",
             label(backends[b].name).c_str(), static_cast<unsigned long long>(v));
   }
@@ -108,7 +109,8 @@ std::string render_metrics(const Sources& src) {
   {
     uint64_t cum = 0;
     for (size_t i = 0; i <= proxy::kTtftBucketCount; ++i) {
-      for (const proxy::WorkerStats* w : src.workers) cum += w->ttft_buckets[i].get();
+      for (const proxy::WorkerStats* w : src.workers)
+        cum += w->ttft_buckets[i].get();
       if (i < proxy::kTtftBucketCount) {
         appendf(&out, "tokenrelay_time_to_first_token_seconds_bucket{le=\"%g\"} %llu\n",
                 proxy::kTtftBuckets[i], static_cast<unsigned long long>(cum));
@@ -131,7 +133,8 @@ std::string render_metrics(const Sources& src) {
 
   auto sum = [&](auto get) {
     uint64_t v = 0;
-    for (const proxy::WorkerStats* w : src.workers) v += get(*w);
+    for (const proxy::WorkerStats* w : src.workers)
+      v += get(*w);
     return static_cast<unsigned long long>(v);
   };
   family(&out, "tokenrelay_stream_events_total", "counter", "SSE data events relayed to clients.");
@@ -175,7 +178,9 @@ std::string render_metrics(const Sources& src) {
   return out;
 }
 
-AdminServer::~AdminServer() { stop(); }
+AdminServer::~AdminServer() {
+  stop();
+}
 
 bool AdminServer::start(const SockAddr& addr, const Sources* src, std::string* err) {
   src_ = src;
@@ -269,8 +274,11 @@ void AdminServer::serve_one(int fd) {
   std::string resp;
   appendf(&resp,
           "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
-          status, status == 200 ? "OK" : status == 503 ? "Service Unavailable" : "Error", ctype,
-          body.size());
+          status,
+          status == 200   ? "OK"
+          : status == 503 ? "Service Unavailable"
+                          : "Error",
+          ctype, body.size());
   if (method != "HEAD") resp += body;
   size_t off = 0;
   while (off < resp.size()) {

@@ -11,7 +11,9 @@ inline int64_t mono_ns() {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
-inline int64_t mono_ms() { return mono_ns() / 1'000'000; }
+inline int64_t mono_ms() {
+  return mono_ns() / 1'000'000;
+}
 
 inline int64_t wall_ms() {
   timespec ts;

@@ -14,8 +14,12 @@ const char* const kPrefix[] = {"<7>", "<6>", "<4>", "<3>"};
 const char* const kName[] = {"debug", "info", "warn", "error"};
 }  // namespace
 
-void log_set_level(LogLevel level) { g_level.store(static_cast<int>(level)); }
-LogLevel log_level() { return static_cast<LogLevel>(g_level.load(std::memory_order_relaxed)); }
+void log_set_level(LogLevel level) {
+  g_level.store(static_cast<int>(level));
+}
+LogLevel log_level() {
+  return static_cast<LogLevel>(g_level.load(std::memory_order_relaxed));
+}
 
 void logf(LogLevel level, const char* fmt, ...) {
   if (static_cast<int>(level) < g_level.load(std::memory_order_relaxed)) return;

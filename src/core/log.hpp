@@ -15,8 +15,9 @@ void logf(LogLevel level, const char* fmt, ...) __attribute__((format(printf, 2,
 
 }  // namespace tr
 
-#define TR_LOG_DEBUG(...) \
-  (::tr::log_level() <= ::tr::LogLevel::debug ? ::tr::logf(::tr::LogLevel::debug, __VA_ARGS__) : void())
+#define TR_LOG_DEBUG(...)                                                                      \
+  (::tr::log_level() <= ::tr::LogLevel::debug ? ::tr::logf(::tr::LogLevel::debug, __VA_ARGS__) \
+                                              : void())
 #define TR_LOG_INFO(...) ::tr::logf(::tr::LogLevel::info, __VA_ARGS__)
 #define TR_LOG_WARN(...) ::tr::logf(::tr::LogLevel::warn, __VA_ARGS__)
 #define TR_LOG_ERROR(...) ::tr::logf(::tr::LogLevel::error, __VA_ARGS__)

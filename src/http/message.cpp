@@ -8,7 +8,9 @@ namespace tr::http {
 
 namespace {
 
-MessageParser* self(llhttp_t* p) { return static_cast<MessageParser*>(p->data); }
+MessageParser* self(llhttp_t* p) {
+  return static_cast<MessageParser*>(p->data);
+}
 
 llhttp_settings_t make_settings() {
   llhttp_settings_t s;
@@ -16,7 +18,9 @@ llhttp_settings_t make_settings() {
   return s;
 }
 
-char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
+char lower(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
+}
 
 }  // namespace
 
@@ -34,16 +38,17 @@ bool token_list_has(std::string_view list, std::string_view token) {
     size_t comma = list.find(',', i);
     if (comma == std::string_view::npos) comma = list.size();
     std::string_view t = list.substr(i, comma - i);
-    while (!t.empty() && (t.front() == ' ' || t.front() == '\t')) t.remove_prefix(1);
-    while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
+    while (!t.empty() && (t.front() == ' ' || t.front() == '\t'))
+      t.remove_prefix(1);
+    while (!t.empty() && (t.back() == ' ' || t.back() == '\t'))
+      t.remove_suffix(1);
     if (ieq(t, token)) return true;
     i = comma + 1;
   }
   return false;
 }
 
-MessageParser::MessageParser(Kind kind, const ParseLimits& limits)
-    : kind_(kind), limits_(limits) {
+MessageParser::MessageParser(Kind kind, const ParseLimits& limits) : kind_(kind), limits_(limits) {
   static const llhttp_settings_t settings = [] {
     llhttp_settings_t s = make_settings();
     s.on_message_begin = &MessageParser::cb_message_begin;

@@ -45,7 +45,8 @@ class EpollLoop final : public Loop, private TimerHandler {
     ev.data.ptr = &wake_fd_;
     epoll_ctl(epfd_, EPOLL_CTL_ADD, wake_fd_, &ev);
     free_.reserve(pool_.count());
-    for (uint32_t i = pool_.count(); i-- > 0;) free_.push_back(static_cast<uint16_t>(i));
+    for (uint32_t i = pool_.count(); i-- > 0;)
+      free_.push_back(static_cast<uint16_t>(i));
     pool_.set_recycler(&EpollLoop::recycle_thunk, this);
     return true;
   }

@@ -25,7 +25,9 @@ BufferPool::BufferPool(uint32_t buf_bytes, uint32_t count)
   base_ = static_cast<char*>(p);
 }
 
-BufferPool::~BufferPool() { munmap(base_, static_cast<size_t>(buf_bytes_) * count_); }
+BufferPool::~BufferPool() {
+  munmap(base_, static_cast<size_t>(buf_bytes_) * count_);
+}
 
 int Loop::new_stream_socket(int family) {
   int type = SOCK_STREAM | SOCK_CLOEXEC;
@@ -97,8 +99,7 @@ Loop* make_loop(const LoopOptions& opt, char* why, size_t why_len) {
     return l;
   }
   if (opt.want == LoopOptions::Want::io_uring) {
-    std::snprintf(why, why_len, "io_uring unavailable (configured: io = io_uring): %s",
-                  uring_why);
+    std::snprintf(why, why_len, "io_uring unavailable (configured: io = io_uring): %s", uring_why);
     return nullptr;
   }
   l = make_epoll_loop(opt, why, why_len);

@@ -78,14 +78,14 @@ class Socket {
   bool listener_ = false;
   bool waiting_bufs_ = false;  // recv paused until a pool buffer frees up
   bool closed_reported_ = false;
-  bool ep_registered_ = false;  // epoll: fd added to the epoll set
-  bool send_blocked_ = false;   // epoll: send waits for EPOLLOUT
-  uint32_t ep_mask_ = 0;        // epoll: events registered
+  bool ep_registered_ = false;   // epoll: fd added to the epoll set
+  bool send_blocked_ = false;    // epoll: send waits for EPOLLOUT
+  uint32_t ep_mask_ = 0;         // epoll: events registered
   Socket* next_wait_ = nullptr;  // intrusive list of sockets waiting for buffers
   sockaddr_storage peer_{};      // connect target (must outlive the operation)
   socklen_t peer_len_ = 0;
-  __kernel_timespec ts_{};       // io_uring: linked connect timeout
-  Timer conn_timer_;             // epoll: connect deadline
+  __kernel_timespec ts_{};  // io_uring: linked connect timeout
+  Timer conn_timer_;        // epoll: connect deadline
 };
 
 enum class Backend { io_uring, epoll };

@@ -15,7 +15,8 @@ void OutQueue::grow() {
   uint32_t ncap = cap_ ? cap_ * 2 : 8;
   Seg* n = static_cast<Seg*>(std::malloc(sizeof(Seg) * ncap));
   TR_ASSERT(n != nullptr);
-  for (uint32_t i = 0; i < count_; ++i) n[i] = segs_[(head_ + i) & (cap_ - 1)];
+  for (uint32_t i = 0; i < count_; ++i)
+    n[i] = segs_[(head_ + i) & (cap_ - 1)];
   std::free(segs_);
   segs_ = n;
   cap_ = ncap;

@@ -47,8 +47,8 @@ class OutQueue {
   struct Seg {
     const char* p;
     uint32_t len;
-    int32_t bid;       // >= 0: pool buffer reference; -1: heap block at <owned> (or borrowed
-                       // bytes when <owned> is null)
+    int32_t bid;  // >= 0: pool buffer reference; -1: heap block at <owned> (or borrowed
+                  // bytes when <owned> is null)
     char* owned;
     BufferPool* pool;
   };
@@ -57,7 +57,7 @@ class OutQueue {
   void release(Seg& s);
 
   Seg* segs_ = nullptr;
-  uint32_t cap_ = 0;   // power of two
+  uint32_t cap_ = 0;  // power of two
   uint32_t head_ = 0;
   uint32_t count_ = 0;
   uint64_t bytes_ = 0;

@@ -42,7 +42,9 @@ enum Op : uint64_t {
 constexpr uint64_t kOpMask = 7;
 constexpr int kBufGroup = 0;
 
-uint64_t tag(Socket* s, Op op) { return reinterpret_cast<uint64_t>(s) | op; }
+uint64_t tag(Socket* s, Op op) {
+  return reinterpret_cast<uint64_t>(s) | op;
+}
 
 struct SetupRung {
   unsigned flags;
@@ -101,7 +103,7 @@ class UringLoop final : public Loop {
       std::snprintf(why, why_len, "io_uring probe failed");
       return false;
     }
-    const int needed[] = {IORING_OP_ACCEPT, IORING_OP_RECV,         IORING_OP_SENDMSG,
+    const int needed[] = {IORING_OP_ACCEPT,  IORING_OP_RECV,         IORING_OP_SENDMSG,
                           IORING_OP_CONNECT, IORING_OP_LINK_TIMEOUT, IORING_OP_ASYNC_CANCEL,
                           IORING_OP_POLL_ADD};
     for (int op : needed) {
@@ -115,8 +117,8 @@ class UringLoop final : public Loop {
 
     // Provided-buffer ring over the pool's memory.
     br_bytes_ = sizeof(io_uring_buf) * pool_.count();
-    void* mem = mmap(nullptr, br_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                     -1, 0);
+    void* mem =
+        mmap(nullptr, br_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) {
       std::snprintf(why, why_len, "mmap buffer ring: %s", std::strerror(errno));
       return false;
@@ -269,8 +271,7 @@ class UringLoop final : public Loop {
   }
 
   void recycle(uint16_t bid) {
-    io_uring_buf_ring_add(br_, pool_.data(bid), pool_.buf_bytes(), bid, br_mask_,
-                          br_pending_++);
+    io_uring_buf_ring_add(br_, pool_.data(bid), pool_.buf_bytes(), bid, br_mask_, br_pending_++);
     pool_.on_returned();
     // A multishot recv stopped with ENOBUFS: restart one waiter per freed buffer.
     if (Socket* w = take_buffer_waiter()) {
@@ -445,7 +446,8 @@ class UringLoop final : public Loop {
     while (!closed_.empty()) {
       std::vector<Socket*> batch;
       batch.swap(closed_);
-      for (Socket* s : batch) s->handler->on_closed(s);
+      for (Socket* s : batch)
+        s->handler->on_closed(s);
     }
   }
 

@@ -62,7 +62,9 @@ ClientConn::ClientConn(Worker* w, int fd)
       this);
 }
 
-ClientConn::~ClientConn() { TR_ASSERT(up_ == nullptr); }
+ClientConn::~ClientConn() {
+  TR_ASSERT(up_ == nullptr);
+}
 
 void ClientConn::start() {
   w_->loop().recv_start(&sock_);
@@ -173,8 +175,7 @@ void ClientConn::feed_request_bytes(const char* data, size_t len) {
         if (req_.head_done() && body_.size() > w_->cfg().limits.body_bytes) {
           close_after_ = true;
           w_->stats().failures[static_cast<size_t>(Failure::bad_request)].add();
-          reply_error(413, "request body too large", "invalid_request_error",
-                      "body_too_large");
+          reply_error(413, "request body too large", "invalid_request_error", "body_too_large");
           return;
         }
         break;
@@ -185,8 +186,7 @@ void ClientConn::feed_request_bytes(const char* data, size_t len) {
       case http::MessageParser::Status::kDone:
         if (body_.size() > w_->cfg().limits.body_bytes) {
           close_after_ = true;
-          reply_error(413, "request body too large", "invalid_request_error",
-                      "body_too_large");
+          reply_error(413, "request body too large", "invalid_request_error", "body_too_large");
           return;
         }
         on_request_complete();
@@ -310,9 +310,8 @@ void ClientConn::route_and_dispatch() {
   }
   uint32_t max = cfg.upstream.max_attempts < kMaxRanked ? cfg.upstream.max_attempts
                                                         : static_cast<uint32_t>(kMaxRanked);
-  nranked_ = static_cast<uint32_t>(
-      w_->policy().rank(facts_, std::span<const routing::Candidate>(cands, n),
-                        std::span<uint32_t>(ranked_, max)));
+  nranked_ = static_cast<uint32_t>(w_->policy().rank(
+      facts_, std::span<const routing::Candidate>(cands, n), std::span<uint32_t>(ranked_, max)));
   next_rank_ = 0;
   if (nranked_ == 0) {
     fail_before_head(Failure::upstream_connect, 503, "no replica is available",
@@ -327,7 +326,9 @@ void ClientConn::try_next_replica() {
   while (next_rank_ < nranked_) {
     uint32_t b = ranked_[next_rank_++];
     if (counted_inflight_) {
-      w_->shared().table->at(static_cast<size_t>(backend_)).inflight.fetch_sub(1, std::memory_order_relaxed);
+      w_->shared()
+          .table->at(static_cast<size_t>(backend_))
+          .inflight.fetch_sub(1, std::memory_order_relaxed);
       counted_inflight_ = false;
     }
     backend_ = static_cast<int>(b);
@@ -378,8 +379,7 @@ void ClientConn::upstream_connected(UpstreamConn* u, int res) {
     return;
   }
   const BackendConfig& b = w_->cfg().backends[u->backend()];
-  TR_LOG_WARN("replica %s (%s): connect: %s", b.name.c_str(), b.url.c_str(),
-              std::strerror(-res));
+  TR_LOG_WARN("replica %s (%s): connect: %s", b.name.c_str(), b.url.c_str(), std::strerror(-res));
   release_upstream(false);
   w_->stats().backend(static_cast<size_t>(backend_)).retries.add();
   try_next_replica();  // nothing was written: safe to try the next one
@@ -493,7 +493,9 @@ void ClientConn::relay_raw(uint16_t bid, const char* p, size_t n, bool whole_chu
   }
 }
 
-void ClientConn::commit_staged() { staged_.move_all_to(&out_); }
+void ClientConn::commit_staged() {
+  staged_.move_all_to(&out_);
+}
 
 void ClientConn::upstream_body_piece(const char* p, size_t n) {
   if (resp_is_sse_) {
@@ -519,8 +521,8 @@ void ClientConn::on_response_head(UpstreamConn* u) {
   status_ = resp.status_code();
   resp_chunked_ = resp.chunked();
   dechunk_ = client_http10_ && resp_chunked_;
-  bool keep = client_keep_alive_ && !close_after_ && !draining_ && !dechunk_ &&
-              !resp.close_delimited();
+  bool keep =
+      client_keep_alive_ && !close_after_ && !draining_ && !dechunk_ && !resp.close_delimited();
   if (!keep) close_after_ = true;
   std::string_view ctype = resp.find("content-type");
   resp_is_sse_ = ctype.size() >= 17 && http::ieq(ctype.substr(0, 17), "text/event-stream");
@@ -584,7 +586,9 @@ void ClientConn::release_upstream(bool reusable) {
 
 void ClientConn::finish_exchange() {
   if (counted_inflight_) {
-    w_->shared().table->at(static_cast<size_t>(backend_)).inflight.fetch_sub(1, std::memory_order_relaxed);
+    w_->shared()
+        .table->at(static_cast<size_t>(backend_))
+        .inflight.fetch_sub(1, std::memory_order_relaxed);
     counted_inflight_ = false;
   }
   staged_.clear();
@@ -597,8 +601,7 @@ void ClientConn::finish_exchange() {
   process_pending();
 }
 
-void ClientConn::fail_before_head(Failure why, int status, const char* message,
-                                  const char* code) {
+void ClientConn::fail_before_head(Failure why, int status, const char* message, const char* code) {
   w_->stats().failures[static_cast<size_t>(why)].add();
   release_upstream(false);
   const char* type = status == 504 ? "timeout_error" : "server_error";
@@ -609,8 +612,7 @@ void ClientConn::fail_mid_stream(Failure why, const char* message) {
   w_->stats().failures[static_cast<size_t>(why)].add();
   if (backend_ >= 0) {
     const BackendConfig& b = w_->cfg().backends[static_cast<size_t>(backend_)];
-    TR_LOG_WARN("replica %s: stream %s failed: %s", b.name.c_str(), request_id_.c_str(),
-                message);
+    TR_LOG_WARN("replica %s: stream %s failed: %s", b.name.c_str(), request_id_.c_str(), message);
   }
   staged_.clear();  // an incomplete chunk is dropped: the client sees whole chunks only
   http::ErrorReply e{502, message, "server_error", "upstream_stream_failed"};
@@ -647,18 +649,17 @@ void ClientConn::reply_local(int status, std::string_view json_body) {
   flush();
 }
 
-void ClientConn::reply_error(int status, const char* message, const char* type,
-                             const char* code) {
+void ClientConn::reply_error(int status, const char* message, const char* type, const char* code) {
   std::string resp;
-  bool keep = client_keep_alive_ && !close_after_ && !draining_ && req_.head_done() &&
-              !req_.in_message();
+  bool keep =
+      client_keep_alive_ && !close_after_ && !draining_ && req_.head_done() && !req_.in_message();
   if (!keep) close_after_ = true;
   if (request_id_.empty()) w_->new_request_id(&request_id_);
   http::build_error_response(http::ErrorReply{status, message, type, code}, request_id_, keep,
                              &resp);
   out_.push_copy(resp);
-  BackendStats& bs = backend_ >= 0 ? w_->stats().backend(static_cast<size_t>(backend_))
-                                   : w_->stats().none();
+  BackendStats& bs =
+      backend_ >= 0 ? w_->stats().backend(static_cast<size_t>(backend_)) : w_->stats().none();
   bs.requests[code_slot(status)].add();
   if (close_after_) pending_.clear();  // nothing after an error is read
   finish_exchange();
@@ -674,7 +675,9 @@ void ClientConn::abort_exchange(Failure why) {
   // free its KV cache; it is never returned to the pool.
   release_upstream(false);
   if (counted_inflight_) {
-    w_->shared().table->at(static_cast<size_t>(backend_)).inflight.fetch_sub(1, std::memory_order_relaxed);
+    w_->shared()
+        .table->at(static_cast<size_t>(backend_))
+        .inflight.fetch_sub(1, std::memory_order_relaxed);
     counted_inflight_ = false;
   }
   close_now();
@@ -729,7 +732,9 @@ void ClientConn::close_now() {
   if (state_ == State::kClosing) return;
   if (up_) release_upstream(false);
   if (counted_inflight_) {
-    w_->shared().table->at(static_cast<size_t>(backend_)).inflight.fetch_sub(1, std::memory_order_relaxed);
+    w_->shared()
+        .table->at(static_cast<size_t>(backend_))
+        .inflight.fetch_sub(1, std::memory_order_relaxed);
     counted_inflight_ = false;
   }
   state_ = State::kClosing;

@@ -104,9 +104,9 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   io::OutQueue out_;
   io::Timer timer_;
   State state_ = State::kReading;
-  bool close_after_ = false;       // close once the current response is flushed
+  bool close_after_ = false;  // close once the current response is flushed
   bool draining_ = false;
-  bool recv_paused_ = false;       // pipelined input over its bound
+  bool recv_paused_ = false;  // pipelined input over its bound
   char client_ip_[64] = "";
 
   http::MessageParser req_;
@@ -156,9 +156,7 @@ class UpstreamConn final : public io::SocketHandler, public io::TimerHandler {
   uint32_t backend() const { return backend_; }
   bool reused() const { return reused_; }
   bool got_response_bytes() const { return got_bytes_; }
-  bool request_fully_sent() const {
-    return !send_failed_ && out_.empty() && !sock_.send_busy();
-  }
+  bool request_fully_sent() const { return !send_failed_ && out_.empty() && !sock_.send_busy(); }
   http::MessageParser& parser() { return resp_; }
   io::OutQueue& out() { return out_; }
   uint32_t list_index = 0;

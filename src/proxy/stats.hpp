@@ -27,14 +27,16 @@ inline size_t code_slot(int status) {
 }
 
 // Upper bounds (seconds) of the proxy-observed TTFT histogram.
-inline constexpr double kTtftBuckets[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
-                                          0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0,
-                                          20.0,  40.0,  80.0, 160.0};
+inline constexpr double kTtftBuckets[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08,
+                                          0.1,   0.25,  0.5,  0.75, 1.0,  2.5,  5.0,
+                                          7.5,   10.0,  20.0, 40.0, 80.0, 160.0};
 inline constexpr size_t kTtftBucketCount = sizeof(kTtftBuckets) / sizeof(kTtftBuckets[0]);
 
 struct Counter {
   std::atomic<uint64_t> v{0};
-  void add(uint64_t n = 1) { v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  void add(uint64_t n = 1) {
+    v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
   uint64_t get() const { return v.load(std::memory_order_relaxed); }
 };
 
@@ -51,7 +53,7 @@ enum class Failure : uint8_t {
   count_,
 };
 inline constexpr const char* kFailureNames[] = {
-    "client_abort",      "upstream_connect",  "upstream_reset", "upstream_midstream",
+    "client_abort",      "upstream_connect", "upstream_reset", "upstream_midstream",
     "upstream_protocol", "upstream_timeout", "bad_request"};
 
 struct alignas(64) BackendStats {
@@ -74,7 +76,7 @@ class WorkerStats {
   Counter ttft_count;
   Counter ttft_sum_us;
   Counter stream_events;
-  Counter json_malformed;   // request bodies that did not parse (forwarded anyway)
+  Counter json_malformed;  // request bodies that did not parse (forwarded anyway)
   Counter connections_accepted;
   Counter connections_rejected;  // over connections_per_worker
   std::atomic<int64_t> connections_open{0};
@@ -84,7 +86,8 @@ class WorkerStats {
 
   void observe_ttft(double seconds) {
     size_t i = 0;
-    while (i < kTtftBucketCount && seconds > kTtftBuckets[i]) ++i;
+    while (i < kTtftBucketCount && seconds > kTtftBuckets[i])
+      ++i;
     ttft_buckets[i].add();
     ttft_count.add();
     ttft_sum_us.add(static_cast<uint64_t>(seconds * 1e6));

@@ -54,7 +54,8 @@ Worker::~Worker() {
 
 bool Worker::start(std::string* err) {
   thread_ = std::thread([this] { thread_main(); });
-  while (started_.load(std::memory_order_acquire) == 0) sched_yield();
+  while (started_.load(std::memory_order_acquire) == 0)
+    sched_yield();
   if (started_.load() < 0) {
     *err = start_error_;
     thread_.join();
@@ -86,8 +87,8 @@ void Worker::thread_main() {
     CPU_ZERO(&set);
     CPU_SET(opt_.cpu, &set);
     int rc = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-    if (rc != 0) TR_LOG_WARN("worker %u: cannot pin to CPU %d: %s", opt_.index, opt_.cpu,
-                             std::strerror(rc));
+    if (rc != 0)
+      TR_LOG_WARN("worker %u: cannot pin to CPU %d: %s", opt_.index, opt_.cpu, std::strerror(rc));
   }
   char why[256];
   loop_ = io::make_loop(opt_.loop, why, sizeof why);
@@ -210,10 +211,12 @@ void Worker::begin_drain() {
   loop_->timers().arm(&drain_timer_, mono_ms(), cfg().proxy.drain_timeout_ms);
   // Idle pooled connections go now; clients finish their current exchange.
   for (auto& pool : idle_) {
-    while (!pool.empty()) pool.back()->close_now();
+    while (!pool.empty())
+      pool.back()->close_now();
   }
   std::vector<ClientConn*> snapshot = clients_;
-  for (ClientConn* c : snapshot) c->drain();
+  for (ClientConn* c : snapshot)
+    c->drain();
   maybe_finish_drain();
 }
 
@@ -226,13 +229,14 @@ void Worker::maybe_finish_drain() {
 void Worker::on_timer(uintptr_t tag) {
   (void)tag;  // drain deadline: cut what is left
   if (!clients_.empty()) {
-    TR_LOG_WARN("worker %u: drain timeout: closing %zu connections", opt_.index,
-                clients_.size());
+    TR_LOG_WARN("worker %u: drain timeout: closing %zu connections", opt_.index, clients_.size());
   }
   std::vector<ClientConn*> snapshot = clients_;
-  for (ClientConn* c : snapshot) c->force_close();
+  for (ClientConn* c : snapshot)
+    c->force_close();
   std::vector<UpstreamConn*> ups = upstreams_;
-  for (UpstreamConn* u : ups) u->close_now();
+  for (UpstreamConn* u : ups)
+    u->close_now();
 }
 
 }  // namespace tr::proxy

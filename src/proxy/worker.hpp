@@ -114,7 +114,7 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   uint64_t rng_state_[2];
 
   // Connection tracking: every live connection is in one of these lists.
-  std::vector<ClientConn*> clients_;    // index stored in the conn (swap-remove)
+  std::vector<ClientConn*> clients_;  // index stored in the conn (swap-remove)
   std::vector<UpstreamConn*> upstreams_;
   std::vector<std::vector<UpstreamConn*>> idle_;  // per replica, most recent last
 };

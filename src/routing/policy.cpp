@@ -24,7 +24,8 @@ size_t LeastInflight::rank(const RequestFacts& req, std::span<const Candidate> r
   };
   std::stable_sort(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(count),
                    [&](uint32_t a, uint32_t b) { return load(a) < load(b); });
-  for (size_t i = 0; i < count; ++i) out[i] = replicas[out[i]].index;
+  for (size_t i = 0; i < count; ++i)
+    out[i] = replicas[out[i]].index;
   return count;
 }
 

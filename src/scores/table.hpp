@@ -21,7 +21,7 @@ namespace tr::scores {
 struct alignas(64) ReplicaSlot {
   // Health, written by the poller.
   std::atomic<bool> up{true};
-  std::atomic<int64_t> last_health_ms{0};   // mono ms of the last completed check
+  std::atomic<int64_t> last_health_ms{0};      // mono ms of the last completed check
   std::atomic<int32_t> last_health_status{0};  // HTTP status, or -errno
   // Dispatch accounting, written by workers.
   std::atomic<int64_t> inflight{0};

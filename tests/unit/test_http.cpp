@@ -183,8 +183,8 @@ TEST_CASE("upstream request head: hop-by-hop removed, XFF appended, id set", "[h
   CHECK(out.find("X-Request-Id: abc\r\n") != std::string::npos);
   CHECK(out.find("Content-Length: 5\r\n") != std::string::npos);
   CHECK(out.find("Authorization: Bearer k\r\n") != std::string::npos);
-  for (const char* gone : {"Connection", "X-Hop", "Keep-Alive", "TE:", "Upgrade",
-                           "Transfer-Encoding", "Expect"}) {
+  for (const char* gone :
+       {"Connection", "X-Hop", "Keep-Alive", "TE:", "Upgrade", "Transfer-Encoding", "Expect"}) {
     INFO(gone);
     CHECK(out.find(gone) == std::string::npos);
   }

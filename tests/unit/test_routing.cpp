@@ -10,7 +10,8 @@ using tr::routing::Candidate;
 TEST_CASE("least in-flight ranks by load and skips unusable replicas", "[routing]") {
   tr::routing::LeastInflight p;
   std::vector<Candidate> c(4);
-  for (uint32_t i = 0; i < 4; ++i) c[i].index = i;
+  for (uint32_t i = 0; i < 4; ++i)
+    c[i].index = i;
   c[0].inflight = 5;
   c[1].inflight = 1;
   c[2].inflight = 3;
@@ -26,7 +27,8 @@ TEST_CASE("least in-flight ranks by load and skips unusable replicas", "[routing
 TEST_CASE("equal loads are taken in turn (round-robin tie-break)", "[routing]") {
   tr::routing::LeastInflight p;
   std::vector<Candidate> c(3);
-  for (uint32_t i = 0; i < 3; ++i) c[i].index = i;
+  for (uint32_t i = 0; i < 3; ++i)
+    c[i].index = i;
   std::map<uint32_t, int> first;
   for (int k = 0; k < 300; ++k) {
     uint32_t out[3];
