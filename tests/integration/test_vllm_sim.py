@@ -320,6 +320,16 @@ class Errors(unittest.TestCase):
         raw = http_raw(SIM.port, b"GARBAGE\r\n\r\n")
         self.assertEqual(parse_response(raw).status, 400)
 
+    def test_limits(self):
+        status, _, _ = http_request(SIM.port, "GET", "/health", headers={"X-Big": "x" * 70000})
+        self.assertEqual(status, 431)
+        status, _, _ = http_request(SIM.port, "GET", "/health",
+                                    headers={"X-H%d" % i: "v" for i in range(200)})
+        self.assertEqual(status, 431)
+        raw = http_raw(SIM.port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Length: 999999999\r\n\r\n")
+        self.assertEqual(parse_response(raw).status, 413)
+
 
 class Endpoints(unittest.TestCase):
     def test_models(self):

@@ -157,10 +157,7 @@ void Server::handle_inference(Conn* c, Endpoint ep) {
     return;
   }
   const std::string& model = ir.model.empty() ? opts_.models.front() : ir.model;
-  bool served = false;
-  for (const std::string& m : opts_.models)
-    served = served || m == model;
-  if (!served) {
+  if (std::find(opts_.models.begin(), opts_.models.end(), model) == opts_.models.end()) {
     respond_error(c, ApiError{404, "NotFoundError", "The model `" + model + "` does not exist."});
     return;
   }

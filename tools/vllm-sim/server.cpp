@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -40,7 +41,7 @@ int on_url(llhttp_t* p, const char* at, size_t len) {
   HttpRequest& r = conn_of(p)->req;
   r.header_bytes += len;
   if (r.header_bytes > kHeaderBytesMax) {
-    r.too_large = true;
+    r.limit = HttpRequest::Limit::headers;
     return -1;
   }
   r.url.append(at, len);
@@ -54,12 +55,12 @@ int on_header_field(llhttp_t* p, const char* at, size_t len) {
   HttpRequest& r = c->req;
   r.header_bytes += len;
   if (r.header_bytes > kHeaderBytesMax) {
-    r.too_large = true;
+    r.limit = HttpRequest::Limit::headers;
     return -1;
   }
   if (!c->in_header) {  // first piece of the next header's name
     if (r.header_count == kHeaderCountMax) {
-      r.too_large = true;
+      r.limit = HttpRequest::Limit::headers;
       return -1;
     }
     if (r.headers.size() <= r.header_count) r.headers.emplace_back();
@@ -80,7 +81,7 @@ int on_header_value(llhttp_t* p, const char* at, size_t len) {
   HttpRequest& r = conn_of(p)->req;
   r.header_bytes += len;
   if (r.header_bytes > kHeaderBytesMax) {
-    r.too_large = true;
+    r.limit = HttpRequest::Limit::headers;
     return -1;
   }
   r.headers[r.header_count].value.append(at, len);
@@ -104,7 +105,7 @@ int on_headers_complete(llhttp_t* p) {
   r.method = static_cast<llhttp_method_t>(p->method);
   if ((p->flags & F_CONTENT_LENGTH) != 0) {
     if (p->content_length > kBodyBytesMax) {
-      r.too_large = true;
+      r.limit = HttpRequest::Limit::body;
       return -1;
     }
     r.body.reserve(p->content_length + simdjson::SIMDJSON_PADDING);
@@ -115,7 +116,7 @@ int on_headers_complete(llhttp_t* p) {
 int on_body(llhttp_t* p, const char* at, size_t len) {
   HttpRequest& r = conn_of(p)->req;
   if (r.body.size() + len > kBodyBytesMax) {
-    r.too_large = true;
+    r.limit = HttpRequest::Limit::body;
     return -1;
   }
   r.body.append(at, len);
@@ -138,7 +139,7 @@ void HttpRequest::reset() {
   body.clear();
   keep_alive = true;
   expect_continue = false;
-  too_large = false;
+  limit = Limit::none;
 }
 
 const std::string* HttpRequest::header(std::string_view lower_name) const {
@@ -166,6 +167,7 @@ Server::Server(const Options& opts) : opts_(opts) {
   for (uint32_t i = 0; i < opts_.engines; ++i) {
     engines_.push_back(std::make_unique<Engine>(ec, this));
   }
+  step_ended_ns_.assign(engines_.size(), -1);
 
   llhttp_settings_init(&http_settings_);
   http_settings_.on_message_begin = on_message_begin;
@@ -354,10 +356,14 @@ void Server::process_input(Conn* c) {
     c->busy = true;
     c->req.keep_alive = false;
     ApiError err;
-    if (c->req.too_large) {
-      err.status = c->req.body.empty() && c->req.header_bytes > kHeaderBytesMax ? 431 : 413;
+    if (c->req.limit == HttpRequest::Limit::headers) {
+      err.status = 431;
       err.type = "BadRequestError";
-      err.message = err.status == 431 ? "Request header fields too large" : "Request too large";
+      err.message = "Request header fields too large";
+    } else if (c->req.limit == HttpRequest::Limit::body) {
+      err.status = 413;
+      err.type = "BadRequestError";
+      err.message = "Request body too large";
     } else {
       err.status = 400;
       err.type = "BadRequestError";
@@ -568,13 +574,23 @@ int Server::run() {
     }
     int64_t now = mono_ns();
     fire_stall_timers(now);
-    for (auto& e : engines_) {
-      if (e->step_in_flight() && e->deadline_ns() <= now) e->finish_step(now);
+    for (size_t i = 0; i < engines_.size(); ++i) {
+      Engine& e = *engines_[i];
+      step_ended_ns_[i] = -1;
+      if (e.step_in_flight() && e.deadline_ns() <= now) {
+        step_ended_ns_[i] = e.deadline_ns();
+        e.finish_step(now);
+      }
     }
     run_deferred();
     now = mono_ns();
-    for (auto& e : engines_) {
-      if (!e->step_in_flight() && e->has_work()) e->start_step(now, rt_.speed);
+    for (size_t i = 0; i < engines_.size(); ++i) {
+      Engine& e = *engines_[i];
+      if (e.step_in_flight() || !e.has_work()) continue;
+      // Back-to-back steps are timed from the previous step's end, as a GPU
+      // does not wait for the HTTP writes: the sim's own write time only
+      // stretches steps once it exceeds them (then it is CPU-bound).
+      e.start_step(step_ended_ns_[i] >= 0 ? step_ended_ns_[i] : now, rt_.speed);
     }
   }
   return 0;

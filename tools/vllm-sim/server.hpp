@@ -52,7 +52,8 @@ struct HttpRequest {
   std::string body;
   bool keep_alive = true;
   bool expect_continue = false;
-  bool too_large = false;
+  enum class Limit : uint8_t { none, headers, body };
+  Limit limit = Limit::none;  // which limit stopped the parse (431 / 413)
 
   void reset();
   // Value of the header named <lower_name>, or nullptr.
@@ -166,6 +167,7 @@ class Server : public EngineSink {
 
   std::vector<Conn*> conns_;  // indexed by fd
   std::vector<std::unique_ptr<Engine>> engines_;
+  std::vector<int64_t> step_ended_ns_;  // per engine: deadline of the step finished this turn
   std::priority_queue<StallTimer, std::vector<StallTimer>, std::greater<>> stall_timers_;
   std::vector<Conn*> to_close_;   // closes deferred to the end of the loop turn
   std::vector<Conn*> to_resume_;  // finished a response; parse pipelined input
