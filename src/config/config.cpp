@@ -92,8 +92,8 @@ struct Key {
   Field<BackendConfig> backend = nullptr;  // url: fills url, host, port, base_path, addr
 };
 
-#define TR_CFG(T, member) +[](Config& c, BackendConfig&) -> T* { return &c.member; }
-#define TR_BACKEND(T, member) +[](Config&, BackendConfig& b) -> T* { return &b.member; }
+#define TR_CFG(T, member) (+[](Config& c, BackendConfig&) -> T* { return &c.member; })
+#define TR_BACKEND(T, member) (+[](Config&, BackendConfig& b) -> T* { return &b.member; })
 
 constexpr uint64_t kKiB = 1024;
 constexpr uint64_t kMiB = 1024 * kKiB;
@@ -105,126 +105,244 @@ using K = Kind;
 
 constexpr Key kKeys[] = {
     // [proxy]
-    {.section = S::proxy, .name = "listen", .kind = K::sockaddr, .default_text = "0.0.0.0:8000",
+    {.section = S::proxy,
+     .name = "listen",
+     .kind = K::sockaddr,
+     .default_text = "0.0.0.0:8000",
      .doc = "Client-facing address (the OpenAI-compatible API).",
      .addr = TR_CFG(SockAddr, proxy.listen)},
-    {.section = S::proxy, .name = "workers", .kind = K::u32_auto, .default_text = "auto",
-     .min = 1, .max = 1024,
+    {.section = S::proxy,
+     .name = "workers",
+     .kind = K::u32_auto,
+     .default_text = "auto",
+     .min = 1,
+     .max = 1024,
      .doc = "Worker threads, one event loop each; auto = one per online CPU.",
      .u32 = TR_CFG(uint32_t, proxy.workers)},
-    {.section = S::proxy, .name = "io", .kind = K::io_mode, .default_text = "auto",
+    {.section = S::proxy,
+     .name = "io",
+     .kind = K::io_mode,
+     .default_text = "auto",
      .doc = "Event loop backend; auto = io_uring when the kernel supports it, else epoll.",
      .io = TR_CFG(IoMode, proxy.io)},
-    {.section = S::proxy, .name = "drain_timeout_ms", .kind = K::u32, .default_text = "30000",
-     .min = 0, .max = kDayMs,
+    {.section = S::proxy,
+     .name = "drain_timeout_ms",
+     .kind = K::u32,
+     .default_text = "30000",
+     .min = 0,
+     .max = kDayMs,
      .doc = "On shutdown, how long in-flight requests may finish before connections close.",
      .u32 = TR_CFG(uint32_t, proxy.drain_timeout_ms)},
-    {.section = S::proxy, .name = "recv_buffer_bytes", .kind = K::size, .default_text = "16KiB",
-     .min = 4 * kKiB, .max = 1 * kMiB, .pow2 = true,
+    {.section = S::proxy,
+     .name = "recv_buffer_bytes",
+     .kind = K::size,
+     .default_text = "16KiB",
+     .min = 4 * kKiB,
+     .max = 1 * kMiB,
+     .pow2 = true,
      .doc = "Size of one receive buffer.",
      .u32 = TR_CFG(uint32_t, proxy.recv_buffer_bytes)},
-    {.section = S::proxy, .name = "recv_buffers", .kind = K::u32, .default_text = "4096",
-     .min = 64, .max = 32768, .pow2 = true,
+    {.section = S::proxy,
+     .name = "recv_buffers",
+     .kind = K::u32,
+     .default_text = "4096",
+     .min = 64,
+     .max = 32768,
+     .pow2 = true,
      .doc = "Receive buffers per worker.",
      .u32 = TR_CFG(uint32_t, proxy.recv_buffers)},
     // [admin]
-    {.section = S::admin, .name = "listen", .kind = K::sockaddr, .default_text = "127.0.0.1:9100",
+    {.section = S::admin,
+     .name = "listen",
+     .kind = K::sockaddr,
+     .default_text = "127.0.0.1:9100",
      .doc = "Address of /metrics, /status and /health.",
      .addr = TR_CFG(SockAddr, admin.listen)},
     // [poller]
-    {.section = S::poller, .name = "interval_ms", .kind = K::u32, .default_text = "100",
-     .min = 10, .max = 60000,
+    {.section = S::poller,
+     .name = "interval_ms",
+     .kind = K::u32,
+     .default_text = "100",
+     .min = 10,
+     .max = 60000,
      .doc = "How often each replica's /metrics is scraped.",
      .u32 = TR_CFG(uint32_t, poller.interval_ms)},
-    {.section = S::poller, .name = "health_interval_ms", .kind = K::u32, .default_text = "1000",
-     .min = 10, .max = 600000,
+    {.section = S::poller,
+     .name = "health_interval_ms",
+     .kind = K::u32,
+     .default_text = "1000",
+     .min = 10,
+     .max = 600000,
      .doc = "How often each replica's /health is probed.",
      .u32 = TR_CFG(uint32_t, poller.health_interval_ms)},
-    {.section = S::poller, .name = "timeout_ms", .kind = K::u32, .default_text = "1000",
-     .min = 10, .max = 60000,
+    {.section = S::poller,
+     .name = "timeout_ms",
+     .kind = K::u32,
+     .default_text = "1000",
+     .min = 10,
+     .max = 60000,
      .doc = "Deadline of one scrape or probe.",
      .u32 = TR_CFG(uint32_t, poller.timeout_ms)},
     // [limits]
-    {.section = S::limits, .name = "request_line_bytes", .kind = K::size, .default_text = "8KiB",
-     .min = 256, .max = 1 * kMiB,
+    {.section = S::limits,
+     .name = "request_line_bytes",
+     .kind = K::size,
+     .default_text = "8KiB",
+     .min = 256,
+     .max = 1 * kMiB,
      .doc = "Longest request line; longer is answered 414.",
      .u32 = TR_CFG(uint32_t, limits.request_line_bytes)},
-    {.section = S::limits, .name = "header_bytes", .kind = K::size, .default_text = "16KiB",
-     .min = 1 * kKiB, .max = 1 * kMiB,
+    {.section = S::limits,
+     .name = "header_bytes",
+     .kind = K::size,
+     .default_text = "16KiB",
+     .min = 1 * kKiB,
+     .max = 1 * kMiB,
      .doc = "Largest request header block; larger is answered 431.",
      .u32 = TR_CFG(uint32_t, limits.header_bytes)},
-    {.section = S::limits, .name = "header_count", .kind = K::u32, .default_text = "100",
-     .min = 8, .max = 10000,
+    {.section = S::limits,
+     .name = "header_count",
+     .kind = K::u32,
+     .default_text = "100",
+     .min = 8,
+     .max = 10000,
      .doc = "Most request header fields; more is answered 431.",
      .u32 = TR_CFG(uint32_t, limits.header_count)},
-    {.section = S::limits, .name = "body_bytes", .kind = K::size, .default_text = "32MiB",
-     .min = 1 * kKiB, .max = 4 * kGiB,
+    {.section = S::limits,
+     .name = "body_bytes",
+     .kind = K::size,
+     .default_text = "32MiB",
+     .min = 1 * kKiB,
+     .max = 4 * kGiB,
      .doc = "Largest request body; larger is answered 413.",
      .u64 = TR_CFG(uint64_t, limits.body_bytes)},
-    {.section = S::limits, .name = "connections_per_worker", .kind = K::u32,
-     .default_text = "16384", .min = 1, .max = 1048576,
+    {.section = S::limits,
+     .name = "connections_per_worker",
+     .kind = K::u32,
+     .default_text = "16384",
+     .min = 1,
+     .max = 1048576,
      .doc = "Most open client connections per worker.",
      .u32 = TR_CFG(uint32_t, limits.connections_per_worker)},
-    {.section = S::limits, .name = "stream_buffer_bytes", .kind = K::size, .default_text = "1MiB",
-     .min = 4 * kKiB, .max = 64 * kMiB,
+    {.section = S::limits,
+     .name = "stream_buffer_bytes",
+     .kind = K::size,
+     .default_text = "1MiB",
+     .min = 4 * kKiB,
+     .max = 64 * kMiB,
      .doc = "Unsent response bytes per stream before reads from the replica pause.",
      .u32 = TR_CFG(uint32_t, limits.stream_buffer_bytes)},
     // [timeouts]
-    {.section = S::timeouts, .name = "client_header_ms", .kind = K::u32, .default_text = "10000",
-     .min = 1, .max = kDayMs,
+    {.section = S::timeouts,
+     .name = "client_header_ms",
+     .kind = K::u32,
+     .default_text = "10000",
+     .min = 1,
+     .max = kDayMs,
      .doc = "Time to receive a request's headers; then 408.",
      .u32 = TR_CFG(uint32_t, timeouts.client_header_ms)},
-    {.section = S::timeouts, .name = "client_body_idle_ms", .kind = K::u32,
-     .default_text = "60000", .min = 1, .max = kDayMs,
+    {.section = S::timeouts,
+     .name = "client_body_idle_ms",
+     .kind = K::u32,
+     .default_text = "60000",
+     .min = 1,
+     .max = kDayMs,
      .doc = "Longest pause while a request body is received.",
      .u32 = TR_CFG(uint32_t, timeouts.client_body_idle_ms)},
-    {.section = S::timeouts, .name = "keepalive_idle_ms", .kind = K::u32, .default_text = "60000",
-     .min = 1, .max = kDayMs,
+    {.section = S::timeouts,
+     .name = "keepalive_idle_ms",
+     .kind = K::u32,
+     .default_text = "60000",
+     .min = 1,
+     .max = kDayMs,
      .doc = "Idle time before a client keep-alive connection is closed.",
      .u32 = TR_CFG(uint32_t, timeouts.keepalive_idle_ms)},
-    {.section = S::timeouts, .name = "client_write_ms", .kind = K::u32, .default_text = "60000",
-     .min = 1, .max = kDayMs,
+    {.section = S::timeouts,
+     .name = "client_write_ms",
+     .kind = K::u32,
+     .default_text = "60000",
+     .min = 1,
+     .max = kDayMs,
      .doc = "Longest a write to a client may make no progress.",
      .u32 = TR_CFG(uint32_t, timeouts.client_write_ms)},
-    {.section = S::timeouts, .name = "upstream_connect_ms", .kind = K::u32,
-     .default_text = "5000", .min = 1, .max = kDayMs,
+    {.section = S::timeouts,
+     .name = "upstream_connect_ms",
+     .kind = K::u32,
+     .default_text = "5000",
+     .min = 1,
+     .max = kDayMs,
      .doc = "Time to connect to a replica.",
      .u32 = TR_CFG(uint32_t, timeouts.upstream_connect_ms)},
-    {.section = S::timeouts, .name = "upstream_first_byte_ms", .kind = K::u32,
-     .default_text = "300000", .min = 1, .max = kDayMs,
+    {.section = S::timeouts,
+     .name = "upstream_first_byte_ms",
+     .kind = K::u32,
+     .default_text = "300000",
+     .min = 1,
+     .max = kDayMs,
      .doc = "Time from sending a request to the replica's first response byte; then 504.",
      .u32 = TR_CFG(uint32_t, timeouts.upstream_first_byte_ms)},
-    {.section = S::timeouts, .name = "upstream_idle_ms", .kind = K::u32, .default_text = "60000",
-     .min = 1, .max = kDayMs,
+    {.section = S::timeouts,
+     .name = "upstream_idle_ms",
+     .kind = K::u32,
+     .default_text = "60000",
+     .min = 1,
+     .max = kDayMs,
      .doc = "Longest pause between bytes of a replica's response.",
      .u32 = TR_CFG(uint32_t, timeouts.upstream_idle_ms)},
     // [upstream]
-    {.section = S::upstream, .name = "keepalive_per_backend", .kind = K::u32,
-     .default_text = "64", .min = 0, .max = 65536,
+    {.section = S::upstream,
+     .name = "keepalive_per_backend",
+     .kind = K::u32,
+     .default_text = "64",
+     .min = 0,
+     .max = 65536,
      .doc = "Idle connections kept per replica per worker; 0 = no reuse.",
      .u32 = TR_CFG(uint32_t, upstream.keepalive_per_backend)},
-    {.section = S::upstream, .name = "keepalive_idle_ms", .kind = K::u32, .default_text = "4000",
-     .min = 1, .max = kDayMs,
+    {.section = S::upstream,
+     .name = "keepalive_idle_ms",
+     .kind = K::u32,
+     .default_text = "4000",
+     .min = 1,
+     .max = kDayMs,
      .doc = "Idle time before a pooled replica connection is closed (keep below uvicorn's 5 s).",
      .u32 = TR_CFG(uint32_t, upstream.keepalive_idle_ms)},
-    {.section = S::upstream, .name = "max_attempts", .kind = K::u32, .default_text = "3",
-     .min = 1, .max = 16,
+    {.section = S::upstream,
+     .name = "max_attempts",
+     .kind = K::u32,
+     .default_text = "3",
+     .min = 1,
+     .max = 16,
      .doc = "Most replicas tried for one request when connecting fails.",
      .u32 = TR_CFG(uint32_t, upstream.max_attempts)},
     // [backend NAME]
-    {.section = S::backend, .name = "url", .kind = K::url, .default_text = "",
+    {.section = S::backend,
+     .name = "url",
+     .kind = K::url,
+     .default_text = "",
      .doc = "Replica base URL; a host name is resolved once, at load.",
      .backend = +[](Config&, BackendConfig& b) -> BackendConfig* { return &b; }},
-    {.section = S::backend, .name = "max_num_batched_tokens", .kind = K::u32,
-     .default_text = "0", .min = 0, .max = 16777216,
+    {.section = S::backend,
+     .name = "max_num_batched_tokens",
+     .kind = K::u32,
+     .default_text = "0",
+     .min = 0,
+     .max = 16777216,
      .doc = "The replica's --max-num-batched-tokens; 0 = learn it from /metrics.",
      .u32 = TR_BACKEND(uint32_t, max_num_batched_tokens)},
-    {.section = S::backend, .name = "max_num_seqs", .kind = K::u32, .default_text = "0",
-     .min = 0, .max = 65536,
+    {.section = S::backend,
+     .name = "max_num_seqs",
+     .kind = K::u32,
+     .default_text = "0",
+     .min = 0,
+     .max = 65536,
      .doc = "The replica's --max-num-seqs; 0 = learn it from /metrics.",
      .u32 = TR_BACKEND(uint32_t, max_num_seqs)},
-    {.section = S::backend, .name = "weight", .kind = K::real, .default_text = "1",
-     .real_min = 0, .real_max = 1000,
+    {.section = S::backend,
+     .name = "weight",
+     .kind = K::real,
+     .default_text = "1",
+     .real_min = 0,
+     .real_max = 1000,
      .doc = "Relative capacity of the replica, used by routing.",
      .real = TR_BACKEND(double, weight)},
 };
@@ -234,11 +352,13 @@ constexpr Key kKeys[] = {
 
 constexpr size_t kKeyCount = std::size(kKeys);
 
-constexpr bool is_pow2(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+constexpr bool is_pow2(uint64_t v) {
+  return v != 0 && (v & (v - 1)) == 0;
+}
 
 constexpr bool key_is_consistent(const Key& k) {
-  int targets = (k.u32 != nullptr) + (k.u64 != nullptr) + (k.real != nullptr) +
-                (k.io != nullptr) + (k.addr != nullptr) + (k.backend != nullptr);
+  int targets = (k.u32 != nullptr) + (k.u64 != nullptr) + (k.real != nullptr) + (k.io != nullptr) +
+                (k.addr != nullptr) + (k.backend != nullptr);
   if (targets != 1 || k.name.empty() || k.doc.empty()) return false;
   if (k.default_text.empty() && k.kind != Kind::url) return false;  // only url may be required
   if (k.pow2 && !(is_pow2(k.min) && is_pow2(k.max))) return false;
@@ -275,7 +395,8 @@ static_assert(table_is_consistent(), "kKeys: bad target, bounds, or duplicate ke
 // Value parsers. Each returns false with *why = what was expected.
 
 std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+    s.remove_prefix(1);
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) {
     s.remove_suffix(1);
   }
@@ -306,7 +427,8 @@ bool parse_u64(std::string_view s, uint64_t* out) {
 // Integer bytes with an optional binary suffix: k/K/KiB, m/M/MiB, g/G/GiB.
 bool parse_size(std::string_view s, uint64_t* out) {
   size_t digits = 0;
-  while (digits < s.size() && s[digits] >= '0' && s[digits] <= '9') ++digits;
+  while (digits < s.size() && s[digits] >= '0' && s[digits] <= '9')
+    ++digits;
   uint64_t v = 0;
   if (!parse_u64(s.substr(0, digits), &v)) return false;
   std::string_view suffix = trim(s.substr(digits));
@@ -442,7 +564,7 @@ bool parse_url(std::string_view text, BackendConfig* b, std::string* why) {
   }
   if (text.size() < 7 || !iequals(text.substr(0, 7), "http://")) {
     *why = (text.find("://") != std::string_view::npos ? "unsupported scheme; "
-                                                         : "missing http:// scheme; ") +
+                                                       : "missing http:// scheme; ") +
            std::string(kExpected);
     return false;
   }
@@ -506,7 +628,8 @@ bool parse_url(std::string_view text, BackendConfig* b, std::string* why) {
     *why = addr_why;
     return false;
   }
-  while (!path.empty() && path.back() == '/') path.remove_suffix(1);
+  while (!path.empty() && path.back() == '/')
+    path.remove_suffix(1);
   b->url = std::string(text);
   b->host = std::string(host);
   b->port = static_cast<uint16_t>(port);
@@ -578,7 +701,8 @@ size_t edit_distance(std::string_view a, std::string_view b) {
   constexpr size_t kMax = 64;
   if (a.size() >= kMax || b.size() >= kMax) return kMax;
   std::array<size_t, kMax> prev{}, cur{};
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t j = 0; j <= b.size(); ++j)
+    prev[j] = j;
   for (size_t i = 1; i <= a.size(); ++i) {
     cur[0] = i;
     for (size_t j = 1; j <= b.size(); ++j) {
@@ -647,8 +771,8 @@ class Loader {
   bool in_section_ = false;
   Section section_ = Section::proxy;
   int section_line_ = 0;
-  int backend_ = -1;            // index into cfg_.backends while in [backend NAME]
-  std::string prev_key_;        // last key of this section: inih continues it on indent
+  int backend_ = -1;                       // index into cfg_.backends while in [backend NAME]
+  std::string prev_key_;                   // last key of this section: inih continues it on indent
   std::array<int, kKeyCount> key_line_{};  // line each key was set on in this section, 0 = not
   std::array<int, kSectionCount> section_first_line_{};
 
@@ -795,8 +919,8 @@ bool Loader::on_section(std::string_view label) {
   std::string_view name = trim(rest);
   if (name.empty()) return fail(line_, "[backend] needs a replica name: [backend NAME]");
   if (!valid_backend_name(name)) {
-    return fail(line_, "invalid backend name " + quoted(name) +
-                           ": expected 1 to 64 of A-Z a-z 0-9 _ . -");
+    return fail(line_,
+                "invalid backend name " + quoted(name) + ": expected 1 to 64 of A-Z a-z 0-9 _ . -");
   }
   for (const BackendConfig& other : cfg_.backends) {
     if (other.name == name) {
@@ -805,8 +929,8 @@ bool Loader::on_section(std::string_view label) {
     }
   }
   if (cfg_.backends.size() >= kBackendsMax) {
-    return fail(line_, "too many [backend NAME] sections (at most " +
-                           std::to_string(kBackendsMax) + ")");
+    return fail(line_,
+                "too many [backend NAME] sections (at most " + std::to_string(kBackendsMax) + ")");
   }
   section_ = Section::backend;
   BackendConfig& b = cfg_.backends.emplace_back();
@@ -1028,13 +1152,26 @@ std::string reference_markdown() {
       "| Section | Key | Type | Default | Bounds | Description |\n"
       "|---|---|---|---|---|---|\n";
   for (const Key& k : kKeys) {
-    std::string section = k.section == Section::backend
-                              ? "[backend NAME]"
-                              : "[" + std::string(kSectionNames[static_cast<size_t>(k.section)]) +
-                                    "]";
-    std::string def = k.default_text.empty() ? "required" : "`" + std::string(k.default_text) + "`";
-    md += "| `" + section + "` | `" + std::string(k.name) + "` | " + type_text(k.kind) + " | " +
-          def + " | " + bounds_text(k) + " | " + std::string(k.doc) + " |\n";
+    md += "| `[";
+    md += k.section == Section::backend ? "backend NAME"
+                                        : kSectionNames[static_cast<size_t>(k.section)];
+    md += "]` | `";
+    md += k.name;
+    md += "` | ";
+    md += type_text(k.kind);
+    md += " | ";
+    if (k.default_text.empty()) {
+      md += "required";
+    } else {
+      md += '`';
+      md += k.default_text;
+      md += '`';
+    }
+    md += " | ";
+    md += bounds_text(k);
+    md += " | ";
+    md += k.doc;
+    md += " |\n";
   }
   return md;
 }

@@ -8,7 +8,6 @@
 #include <cstring>
 #include <limits>
 #include <string_view>
-#include <utility>
 
 #include "core/assert.hpp"
 
@@ -20,9 +19,9 @@ namespace od = simdjson::ondemand;
 using simdjson::error_code;
 using simdjson::SUCCESS;
 
-#define TR_JSON_TRY(expr)                   \
-  do {                                      \
-    error_code tr_json_err_ = (expr);       \
+#define TR_JSON_TRY(expr)                             \
+  do {                                                \
+    error_code tr_json_err_ = (expr);                 \
     if (tr_json_err_ != SUCCESS) return tr_json_err_; \
   } while (0)
 
@@ -42,11 +41,21 @@ struct Acc {
 // bytes (10xxxxxx). simdjson has validated the whole body as UTF-8.
 uint64_t utf8_chars(std::string_view s) {
   uint64_t n = 0;
-  for (char c : s) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  for (char c : s)
+    n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
   return n;
 }
 
-error_code type_of(od::value& v, od::json_type* t) { return v.type().get(*t); }
+// An array element as a value, without exceptions.
+error_code unwrap(const simdjson::simdjson_result<od::value>& element, od::value* out) {
+  TR_JSON_TRY(element.error());
+  *out = element.value_unsafe();
+  return SUCCESS;
+}
+
+error_code type_of(od::value& v, od::json_type* t) {
+  return v.type().get(*t);
+}
 
 // Adds the characters of a string value to *chars; other types add nothing.
 error_code add_string_chars(od::value& v, uint64_t* chars) {
@@ -117,7 +126,7 @@ error_code count_numbers(od::value& v, uint64_t* count) {
   TR_JSON_TRY(v.get_array().get(arr));
   for (auto element : arr) {
     od::value item;
-    TR_JSON_TRY(std::move(element).get(item));
+    TR_JSON_TRY(unwrap(element, &item));
     od::json_type t;
     TR_JSON_TRY(type_of(item, &t));
     if (t == od::json_type::number) ++*count;
@@ -138,7 +147,7 @@ error_code read_prompt(od::value& v, Acc* acc) {
   TR_JSON_TRY(v.get_array().get(arr));
   for (auto element : arr) {
     od::value item;
-    TR_JSON_TRY(std::move(element).get(item));
+    TR_JSON_TRY(unwrap(element, &item));
     od::json_type it;
     TR_JSON_TRY(type_of(item, &it));
     switch (it) {
@@ -200,7 +209,7 @@ error_code read_content(od::value& v, uint64_t* chars) {
   TR_JSON_TRY(v.get_array().get(arr));
   for (auto element : arr) {
     od::value part;
-    TR_JSON_TRY(std::move(element).get(part));
+    TR_JSON_TRY(unwrap(element, &part));
     TR_JSON_TRY(read_part(part, chars));
   }
   return SUCCESS;
@@ -216,7 +225,7 @@ error_code read_messages(od::value& v, Acc* acc) {
   TR_JSON_TRY(v.get_array().get(arr));
   for (auto element : arr) {
     od::value message;
-    TR_JSON_TRY(std::move(element).get(message));
+    TR_JSON_TRY(unwrap(element, &message));
     od::json_type mt;
     TR_JSON_TRY(type_of(message, &mt));
     if (mt != od::json_type::object) continue;

@@ -49,7 +49,8 @@ class BodyInspector {
   // Facts: model (string); stream (true only for JSON true);
   // include_usage (stream_options.include_usage, JSON true);
   // max_tokens from max_completion_tokens when it is a non-negative integer,
-  // else from max_tokens, else -1 (null, absent, negative, fractional);
+  // else from max_tokens, else -1 (null, absent, negative, fractional, not a
+  // number); 100.0 counts as 100 (pydantic accepts it), above INT64_MAX clamps;
   // prompt_chars = UTF-8 code points of "prompt" (a string or an array of
   // strings) plus those of messages[].content (a string, or an array of parts
   // where parts with "type": "text" have "text"; other parts are ignored);

@@ -2,9 +2,14 @@
 // minimal allocation-free walk of an event's top-level JSON keys.
 #include "sse/sse.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <charconv>
 #include <cstring>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "core/assert.hpp"
 
@@ -12,34 +17,45 @@ namespace tr {
 
 namespace {
 
-// First '\n' or '\r' in [p, end), or end. Eight bytes per step (SWAR): in a
-// word XOR-ed with the byte searched for, a zero byte marks a match; the
-// classic has-zero test may flag bytes above the first match but never below
-// it, so the lowest flagged byte is exact.
 // First capacity of the tail buffer: a typical vLLM chunk line (300-500 bytes)
 // fits, so a stream usually allocates it once; it grows geometrically up to
 // kSseEventInspectMax for longer lines and keeps its capacity across events.
 constexpr size_t kTailInitialBytes = 1024;
 static_assert(kTailInitialBytes <= kSseEventInspectMax);
 
-const char* find_eol(const char* p, const char* end) {
-  if constexpr (std::endian::native == std::endian::little) {
-    constexpr uint64_t kOnes = 0x0101010101010101ull;
-    constexpr uint64_t kHigh = 0x8080808080808080ull;
-    constexpr uint64_t kLf = kOnes * '\n';
-    constexpr uint64_t kCr = kOnes * '\r';
-    while (end - p >= 8) {
-      uint64_t w;
-      std::memcpy(&w, p, sizeof w);
-      uint64_t a = w ^ kLf;
-      uint64_t b = w ^ kCr;
-      uint64_t m = ((a - kOnes) & ~a & kHigh) | ((b - kOnes) & ~b & kHigh);
-      if (m != 0) return p + (std::countr_zero(m) >> 3);
-      p += 8;
+// First '\n' or '\r' in [p, end), or end: the obvious loop, used to check
+// the fast path in debug builds.
+[[maybe_unused]] const char* find_eol_slow(const char* p, const char* end) {
+  while (p < end && *p != '\n' && *p != '\r')
+    ++p;
+  return p;
+}
+
+// Calls fn(i) for every i where s[i] == '"' and s[i + 1] is 'u' or 'e': the
+// only places a "usage" or "error" key can start. Sixteen positions per step
+// with SSE2 (always there on x86-64); a plain loop elsewhere.
+template <class Fn>
+void for_each_quote_u_or_e(std::string_view s, Fn&& fn) {
+  const char* d = s.data();
+  size_t n = s.size();
+  size_t i = 0;
+#if defined(__SSE2__)
+  const __m128i quote = _mm_set1_epi8('"');
+  const __m128i u = _mm_set1_epi8('u');
+  const __m128i e = _mm_set1_epi8('e');
+  for (; i + 17 <= n; i += 16) {
+    __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(d + i));
+    __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(d + i + 1));
+    __m128i hit = _mm_and_si128(_mm_cmpeq_epi8(a, quote),
+                                _mm_or_si128(_mm_cmpeq_epi8(b, u), _mm_cmpeq_epi8(b, e)));
+    for (auto bits = static_cast<unsigned>(_mm_movemask_epi8(hit)); bits != 0; bits &= bits - 1) {
+      fn(i + static_cast<size_t>(std::countr_zero(bits)));
     }
   }
-  while (p < end && *p != '\n' && *p != '\r') ++p;
-  return p;
+#endif
+  for (; i + 1 < n; ++i) {
+    if (d[i] == '"' && (d[i + 1] == 'u' || d[i + 1] == 'e')) fn(i);
+  }
 }
 
 // --- A tiny JSON walker, just enough to find top-level keys. It never
@@ -47,7 +63,8 @@ const char* find_eol(const char* p, const char* end) {
 constexpr size_t kNpos = std::string_view::npos;
 
 size_t skip_ws(std::string_view s, size_t i) {
-  while (i < s.size() && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) ++i;
+  while (i < s.size() && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+    ++i;
   return i;
 }
 
@@ -87,8 +104,8 @@ size_t skip_value(std::string_view s, size_t i) {
     return kNpos;
   }
   size_t start = i;
-  while (i < s.size() && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' &&
-         s[i] != '\t' && s[i] != '\n' && s[i] != '\r') {
+  while (i < s.size() && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' && s[i] != '\t' &&
+         s[i] != '\n' && s[i] != '\r') {
     ++i;
   }
   return i == start ? kNpos : i;
@@ -125,15 +142,18 @@ bool parse_u64(std::string_view s, uint64_t* out) {
   return ec == std::errc() && ptr == s.data() + s.size();
 }
 
-bool contains(std::string_view hay, std::string_view needle) {
-  return memmem(hay.data(), hay.size(), needle.data(), needle.size()) != nullptr;
-}
-
 }  // namespace
 
 void SseScanner::reset() {
-  tail_.clear();
+  // The scanner lives as long as its connection: do not let one long line
+  // pin up to kSseEventInspectMax per idle connection.
+  if (tail_.capacity() > kTailInitialBytes) {
+    std::string().swap(tail_);
+  } else {
+    tail_.clear();
+  }
   line_bytes_ = 0;
+  lf_hint_ = nullptr;
   skip_lf_ = false;
   stream_start_ = true;
   pending_ = Event{};
@@ -150,6 +170,19 @@ void SseScanner::reset() {
   bytes_ = 0;
 }
 
+const char* SseScanner::next_eol(const char* p, const char* end) {
+  // The next '\n' is found once and reused while it is still ahead, so a
+  // stream of bare-CR lines does not rescan the piece for every line.
+  if (lf_hint_ == nullptr || lf_hint_ < p) {
+    const void* lf = std::memchr(p, '\n', static_cast<size_t>(end - p));
+    lf_hint_ = lf != nullptr ? static_cast<const char*>(lf) : end;
+  }
+  const void* cr = std::memchr(p, '\r', static_cast<size_t>(lf_hint_ - p));
+  const char* eol = cr != nullptr ? static_cast<const char*>(cr) : lf_hint_;
+  TR_DASSERT(eol == find_eol_slow(p, end));
+  return eol;
+}
+
 size_t SseScanner::scan(std::string_view bytes) {
   TR_DASSERT(!bytes.empty());
   TR_DASSERT(!event_ready_);
@@ -161,7 +194,7 @@ size_t SseScanner::scan(std::string_view bytes) {
     if (*p == '\n') ++p;
   }
   while (p < end) {
-    const char* eol = find_eol(p, end);
+    const char* eol = next_eol(p, end);
     if (eol == end) {  // the line continues in the next piece
       size_t n = static_cast<size_t>(end - p);
       if (tail_.capacity() < kTailInitialBytes) tail_.reserve(kTailInitialBytes);
@@ -239,10 +272,23 @@ void SseScanner::inspect_data(std::string_view value) {
     pending_.done = true;
     return;
   }
-  // The hot path ends here for ordinary token chunks.
-  bool maybe_usage = contains(value, "\"usage\"");
-  bool maybe_error = contains(value, "\"error\"");
-  if (!maybe_usage && !maybe_error) return;
+  // Gate: only a '"error"' or a '"usage"' followed by ':' and '{' can set a
+  // flag. Ordinary token chunks (vLLM sends "usage":null in each one when
+  // include_usage is on) end here after one pass over the line.
+  bool candidate = false;
+  for_each_quote_u_or_e(value, [&](size_t i) {
+    std::string_view at = value.substr(i);
+    if (at.substr(0, 7) == "\"error\"") {
+      candidate = true;
+    } else if (at.substr(0, 7) == "\"usage\"") {
+      size_t j = skip_ws(value, i + 7);
+      if (j < value.size() && value[j] == ':') {
+        j = skip_ws(value, j + 1);
+        if (j < value.size() && value[j] == '{') candidate = true;
+      }
+    }
+  });
+  if (!candidate) return;
   for_each_member(value, [this](std::string_view key, std::string_view v) {
     if (key == "error") {
       if (v != "null") pending_.error = true;
@@ -350,7 +396,8 @@ void append_json_string(std::string* out, std::string_view text) {
       if (c == 0xF4) hi = 0x8F;
     }
     bool valid = len != 0 && i + len <= n && s[i + 1] >= lo && s[i + 1] <= hi;
-    for (size_t k = 2; valid && k < len; ++k) valid = s[i + k] >= 0x80 && s[i + k] <= 0xBF;
+    for (size_t k = 2; valid && k < len; ++k)
+      valid = s[i + k] >= 0x80 && s[i + k] <= 0xBF;
     if (valid) {
       out->append(text.substr(i, len));
       i += len;

@@ -7,12 +7,12 @@
 // blank line arrives. Lines end with "\n", "\r\n" or "\r" (WHATWG SSE), so an
 // event ends with "\n\n", "\r\n\r\n", "\r\r" or any mix.
 //
-// Cost: one pass over each line to find its end (8 bytes per step), plus, for
-// the first data line of an event, two memmem() calls for "usage"/"error".
-// Only events that contain one of those words get a (still linear, allocation
-// free) walk of their top-level JSON keys. Nothing is copied except the part of
-// a line that is split across two pieces, and at most kSseEventInspectMax bytes
-// of it.
+// Cost per event: memchr() for the line ends, plus one 16-bytes-per-step pass
+// over the first data line looking for where an "error" key or a "usage":{
+// could start (vLLM's per-chunk "usage":null does not qualify). Only events
+// that pass that gate get a (still linear, allocation-free) walk of their
+// top-level JSON keys. Nothing is copied except the part of a line that is
+// split across two pieces, and at most kSseEventInspectMax bytes of it.
 #pragma once
 
 #include <cstddef>
@@ -55,6 +55,7 @@ class SseScanner {
   // usage are judged on the first data line of an event (vLLM sends one).
   template <class F>
   void feed(std::string_view bytes, F&& on_event) {
+    lf_hint_ = nullptr;  // the hint points into the previous piece
     while (!bytes.empty()) {
       bytes.remove_prefix(scan(bytes));
       if (event_ready_) {
@@ -68,7 +69,8 @@ class SseScanner {
     feed(bytes, [](const Event&) {});
   }
 
-  // Forgets the stream (for reuse on the next response); keeps the tail buffer.
+  // Forgets the stream, for reuse on the next response. Keeps the tail
+  // buffer unless a long line grew it past its first size.
   void reset();
 
   // Totals since construction or reset(). Error events are data events too.
@@ -93,6 +95,8 @@ class SseScanner {
   // Handles one complete line (without terminator). <line> holds its first
   // min(line_bytes, kSseEventInspectMax) bytes; line_bytes is its full length.
   void on_line(std::string_view line, size_t line_bytes);
+  // First '\n' or '\r' in [p, end) of the current piece, or end.
+  const char* next_eol(const char* p, const char* end);
   void inspect_data(std::string_view value);
   void dispatch();
 
@@ -100,8 +104,9 @@ class SseScanner {
   // kSseEventInspectMax) and its full length so far.
   std::string tail_;
   size_t line_bytes_ = 0;
-  bool skip_lf_ = false;     // the last piece ended with the "\r" of a line end
-  bool stream_start_ = true; // before the first line: a UTF-8 BOM is skipped
+  const char* lf_hint_ = nullptr;  // next '\n' in the current piece, or its end
+  bool skip_lf_ = false;           // the last piece ended with the "\r" of a line end
+  bool stream_start_ = true;       // before the first line: a UTF-8 BOM is skipped
 
   Event pending_;  // the event being read
   bool event_has_lines_ = false;

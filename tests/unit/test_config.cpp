@@ -136,8 +136,8 @@ TEST_CASE("example config parses to the expected values", "[config]") {
 }
 
 TEST_CASE("inline comments are stripped from values", "[config]") {
-  tr::Config c = load_ok(std::string("[proxy]\nlisten = 0.0.0.0:8000        ; client-facing address\n") +
-                         kOneBackend);
+  tr::Config c = load_ok(
+      std::string("[proxy]\nlisten = 0.0.0.0:8000        ; client-facing address\n") + kOneBackend);
   CHECK(c.proxy.listen.text == "0.0.0.0:8000");
   CHECK(c.proxy.listen.port() == 8000);
   // ';' not preceded by whitespace is part of the value (and so is invalid here).
@@ -340,8 +340,9 @@ TEST_CASE("errors carry the exact line", "[config]") {
     CHECK(c.backends[0].name == "gpu-0.a_B");
   }
   SECTION("missing url reports the section header line") {
-    Error e = load_error("[backend a]\nurl = http://127.0.0.1:1\n\n[backend b]\nweight = 2\n"
-                         "\n[proxy]\nworkers = 2\n");
+    Error e = load_error(
+        "[backend a]\nurl = http://127.0.0.1:1\n\n[backend b]\nweight = 2\n"
+        "\n[proxy]\nworkers = 2\n");
     CHECK(e.line == 4);
     CHECK(e.message == "[backend b] has no url (required)");
     // A backend with no keys at all, and the last section of the file.
@@ -492,16 +493,16 @@ TEST_CASE("integer values: decimal only, in bounds", "[config]") {
   CHECK(workers("1024") == 1024);
   CHECK(workers("auto") == 0);
   CHECK(workers("007") == 7);
-  for (const char* bad : {"0", "1025", "-1", "+1", "1e3", "0x10", "AUTO", "4.0", "4 4",
-                          "18446744073709551616"}) {
+  for (const char* bad :
+       {"0", "1025", "-1", "+1", "1e3", "0x10", "AUTO", "4.0", "4 4", "18446744073709551616"}) {
     INFO("value: " << bad);
     CHECK(load_error(std::string("[proxy]\nworkers = ") + bad + "\n").line == 2);
   }
   // Powers of two.
   CHECK(load_ok("[proxy]\nrecv_buffers = 64\n" + std::string(kOneBackend)).proxy.recv_buffers ==
         64);
-  CHECK(load_ok("[proxy]\nrecv_buffers = 32768\n" + std::string(kOneBackend))
-            .proxy.recv_buffers == 32768);
+  CHECK(load_ok("[proxy]\nrecv_buffers = 32768\n" + std::string(kOneBackend)).proxy.recv_buffers ==
+        32768);
   Error e = load_error("[proxy]\nrecv_buffers = 1000\n");
   CHECK(e.message.find("power of two") != std::string::npos);
   CHECK(load_error("[proxy]\nrecv_buffers = 32\n").line == 2);
@@ -531,8 +532,8 @@ TEST_CASE("weight bounds", "[config]") {
   CHECK(weight("3") == 3.0);
   for (const char* bad : {"0", "-1", "1000.5", "nan", "inf", "1,5", "", "heavy", "0x10"}) {
     INFO("value: " << bad);
-    Error e = load_error(std::string("[backend a]\nurl = http://127.0.0.1:1\nweight = ") + bad +
-                         "\n");
+    Error e =
+        load_error(std::string("[backend a]\nurl = http://127.0.0.1:1\nweight = ") + bad + "\n");
     CHECK(e.line == 3);
     CHECK(e.message.find("expected a number > 0 and <= 1000") != std::string::npos);
   }
@@ -669,7 +670,8 @@ TEST_CASE("reference_markdown mentions every key", "[config]") {
       {"[backend NAME]", "weight"},
   };
   size_t table_rows = 0;
-  for (size_t pos = 0; (pos = md.find("\n| `[", pos)) != std::string::npos; ++pos) ++table_rows;
+  for (size_t pos = 0; (pos = md.find("\n| `[", pos)) != std::string::npos; ++pos)
+    ++table_rows;
   CHECK(table_rows == std::size(rows));
   for (const Row& r : rows) {
     std::string cell = std::string("| `") + r.section + "` | `" + r.key + "` |";

@@ -28,14 +28,30 @@ void* operator new[](size_t n) {
   if (void* p = counted_alloc(n)) return p;
   throw std::bad_alloc();
 }
-void* operator new(size_t n, const std::nothrow_t&) noexcept { return counted_alloc(n); }
-void* operator new[](size_t n, const std::nothrow_t&) noexcept { return counted_alloc(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, size_t) noexcept { std::free(p); }
-void operator delete[](void* p, size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void* operator new(size_t n, const std::nothrow_t&) noexcept {
+  return counted_alloc(n);
+}
+void* operator new[](size_t n, const std::nothrow_t&) noexcept {
+  return counted_alloc(n);
+}
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, size_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, size_t) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, const std::nothrow_t&) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, const std::nothrow_t&) noexcept {
+  std::free(p);
+}
 
 namespace {
 
@@ -135,14 +151,16 @@ TEST_CASE("field order does not matter", "[openai]") {
       R"("extra":{"nested":[1,{"model":"not-this-one","stream":false}]})",
   };
   std::vector<size_t> order(fields.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  for (size_t i = 0; i < order.size(); ++i)
+    order[i] = i;
   BodyInspector in;
   RequestFacts first;
   bool have_first = false;
   size_t permutations = 0;
   do {
     std::string body = "{";
-    for (size_t i = 0; i < order.size(); ++i) body += (i ? "," : "") + fields[order[i]];
+    for (size_t i = 0; i < order.size(); ++i)
+      body += (i ? "," : "") + fields[order[i]];
     body += "}";
     RequestFacts f;
     INFO(body);
@@ -165,7 +183,8 @@ TEST_CASE("field order does not matter", "[openai]") {
 
 TEST_CASE("unicode prompts count code points, not bytes", "[openai]") {
   // é (2 bytes), 你好 (3 bytes each), 😀 (4 bytes).
-  RequestFacts f = facts_of("{\"prompt\":\"h\xC3\xA9llo \xE4\xBD\xA0\xE5\xA5\xBD \xF0\x9F\x98\x80\"}");
+  RequestFacts f =
+      facts_of("{\"prompt\":\"h\xC3\xA9llo \xE4\xBD\xA0\xE5\xA5\xBD \xF0\x9F\x98\x80\"}");
   CHECK(f.prompt_chars == 10);
   // JSON escapes: \u00e9 is one character, a surrogate pair is one character,
   // \n and \" are one each.
@@ -214,13 +233,12 @@ TEST_CASE("token id prompts", "[openai]") {
 
 TEST_CASE("stream and stream_options", "[openai]") {
   CHECK(facts_of(R"({"stream":true,"stream_options":{"include_usage":true}})").include_usage);
-  CHECK_FALSE(facts_of(R"({"stream":true,"stream_options":{"include_usage":false}})")
-                  .include_usage);
+  CHECK_FALSE(
+      facts_of(R"({"stream":true,"stream_options":{"include_usage":false}})").include_usage);
   CHECK_FALSE(facts_of(R"({"stream":true,"stream_options":null})").include_usage);
   CHECK_FALSE(facts_of(R"({"stream_options":{"include_usage":"true"}})").include_usage);
   CHECK_FALSE(facts_of(R"({"stream_options":{"nested":{"include_usage":true}}})").include_usage);
-  CHECK(facts_of(
-            R"({"stream_options":{"continuous_usage_stats":{"a":[1]},"include_usage":true}})")
+  CHECK(facts_of(R"({"stream_options":{"continuous_usage_stats":{"a":[1]},"include_usage":true}})")
             .include_usage);
   CHECK_FALSE(facts_of(R"({"stream":"true"})").stream);
   CHECK_FALSE(facts_of(R"({"stream":null})").stream);
@@ -289,6 +307,11 @@ TEST_CASE("malformed JSON returns false and never throws", "[openai]") {
   CHECK(inspect_padded(in, R"({"model":"m","max_tokens":3})", &ok));
   CHECK(ok.model == "m");
   CHECK(ok.max_tokens == 3);
+  // Documented leniency: the value of a field we do not read is skipped, not
+  // validated in depth (the replica sees the same bytes and rejects them).
+  RequestFacts skipped;
+  CHECK(inspect_padded(in, R"({"logit_bias":[1,,2],"model":"m"})", &skipped));
+  CHECK(skipped.model == "m");
   // Trailing whitespace is fine.
   CHECK(facts_of("{\"model\":\"m\"}  \r\n\t").json_ok);
 }
@@ -352,7 +375,8 @@ TEST_CASE("a 1 MB prompt", "[openai]") {
 
   // A 1M-token-id prompt.
   std::string ids = "{\"prompt\":[";
-  for (int i = 0; i < 1000000; ++i) ids += (i ? ",1" : "1");
+  for (int i = 0; i < 1000000; ++i)
+    ids += (i ? ",1" : "1");
   ids += "]}";
   RequestFacts h = facts_of(ids);
   CHECK(h.json_ok);
@@ -363,7 +387,8 @@ TEST_CASE("facts are reset between calls", "[openai]") {
   BodyInspector in;
   RequestFacts f;
   REQUIRE(inspect_padded(
-      in, R"({"model":"a","stream":true,"max_tokens":5,"prompt":[1,2],"messages":[{"content":"x"}]})",
+      in,
+      R"({"model":"a","stream":true,"max_tokens":5,"prompt":[1,2],"messages":[{"content":"x"}]})",
       &f));
   CHECK(f.prompt_token_ids == 2);
   REQUIRE(inspect_padded(in, R"({"prompt":"yy"})", &f));
@@ -377,16 +402,17 @@ TEST_CASE("facts are reset between calls", "[openai]") {
 }
 
 TEST_CASE("a warm inspector allocates nothing", "[openai]") {
-  const std::string body = R"({"model":"meta-llama/Meta-Llama-3-8B-Instruct","messages":[)"
-                           R"({"role":"system","content":"You are a helpful assistant."},)"
-                           R"({"role":"user","content":[{"type":"text","text":"Hi \u00e9"}]}],)"
-                           R"("stream":true,"stream_options":{"include_usage":true},"max_tokens":256})";
+  const std::string body =
+      R"({"model":"meta-llama/Meta-Llama-3-8B-Instruct","messages":[)"
+      R"({"role":"system","content":"You are a helpful assistant."},)"
+      R"({"role":"user","content":[{"type":"text","text":"Hi \u00e9"}]}],)"
+      R"("stream":true,"stream_options":{"include_usage":true},"max_tokens":256})";
   std::string padded = body;
   padded.resize(body.size() + BodyInspector::kPadding, '\0');
   BodyInspector in;
   RequestFacts f;
-  REQUIRE(in.inspect(padded.data(), body.size(), padded.size(), &f));                // warm up
-  REQUIRE(in.inspect(body.data(), body.size(), body.size(), &f));                    // copy path
+  REQUIRE(in.inspect(padded.data(), body.size(), padded.size(), &f));  // warm up
+  REQUIRE(in.inspect(body.data(), body.size(), body.size(), &f));      // copy path
   size_t before = g_allocations;
   for (int i = 0; i < 1000; ++i) {
     bool ok = in.inspect(padded.data(), body.size(), padded.size(), &f) &&

@@ -27,14 +27,30 @@ void* operator new[](size_t n) {
   if (void* p = counted_alloc(n)) return p;
   throw std::bad_alloc();
 }
-void* operator new(size_t n, const std::nothrow_t&) noexcept { return counted_alloc(n); }
-void* operator new[](size_t n, const std::nothrow_t&) noexcept { return counted_alloc(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, size_t) noexcept { std::free(p); }
-void operator delete[](void* p, size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void* operator new(size_t n, const std::nothrow_t&) noexcept {
+  return counted_alloc(n);
+}
+void* operator new[](size_t n, const std::nothrow_t&) noexcept {
+  return counted_alloc(n);
+}
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, size_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, size_t) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, const std::nothrow_t&) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, const std::nothrow_t&) noexcept {
+  std::free(p);
+}
 
 namespace {
 
@@ -123,11 +139,14 @@ Result run_split(std::string_view stream, const std::vector<size_t>& cuts) {
   return finish(s, std::move(events));
 }
 
-Result run_whole(std::string_view stream) { return run_split(stream, {}); }
+Result run_whole(std::string_view stream) {
+  return run_split(stream, {});
+}
 
 Result run_bytewise(std::string_view stream) {
   std::vector<size_t> cuts;
-  for (size_t i = 1; i < stream.size(); ++i) cuts.push_back(i);
+  for (size_t i = 1; i < stream.size(); ++i)
+    cuts.push_back(i);
   return run_split(stream, cuts);
 }
 
@@ -228,19 +247,20 @@ TEST_CASE("random multi-piece splits give the same events", "[sse]") {
 
 TEST_CASE("line ends: CRLF, CR, and mixes end events", "[sse]") {
   std::string stream =
-      "data: {\"a\":1}\r\n\n"      // CRLF then LF
-      "data: {\"a\":2}\n\r\n"      // LF then CRLF
-      "data: {\"a\":3}\r\r"        // CR CR
-      "data: {\"a\":4}\r\n\r\n"    // CRLF CRLF
-      "\n\r\n"                     // blank lines with nothing pending: no event
-      "data: [DONE]\r\r\n";        // the final LF is a blank line with nothing pending
+      "data: {\"a\":1}\r\n\n"    // CRLF then LF
+      "data: {\"a\":2}\n\r\n"    // LF then CRLF
+      "data: {\"a\":3}\r\r"      // CR CR
+      "data: {\"a\":4}\r\n\r\n"  // CRLF CRLF
+      "\n\r\n"                   // blank lines with nothing pending: no event
+      "data: [DONE]\r\r\n";      // the final LF is a blank line with nothing pending
   Result r = run_whole(stream);
   CHECK(r.events.size() == 5);
   CHECK(r.data_events == 4);
   CHECK(r.done);
   CHECK_FALSE(r.mid_event);
   require_same(r, run_bytewise(stream));
-  for (size_t cut = 1; cut < stream.size(); ++cut) require_same(r, run_split(stream, {cut}));
+  for (size_t cut = 1; cut < stream.size(); ++cut)
+    require_same(r, run_split(stream, {cut}));
 }
 
 TEST_CASE("comments and non-data fields are not data events", "[sse]") {
@@ -267,14 +287,16 @@ TEST_CASE("comments and non-data fields are not data events", "[sse]") {
 TEST_CASE("[DONE] forms", "[sse]") {
   CHECK(run_whole("data:[DONE]\n\n").done);
   CHECK(run_whole("data: [DONE]\n\n").done);
-  CHECK_FALSE(run_whole("data:  [DONE]\n\n").done);   // the value is " [DONE]"
+  CHECK_FALSE(run_whole("data:  [DONE]\n\n").done);  // the value is " [DONE]"
   CHECK_FALSE(run_whole("data: [DONE] \n\n").done);
   CHECK_FALSE(run_whole("data: [DONE]\ndata: x\n\n").done);  // value "[DONE]\nx"
-  CHECK_FALSE(run_whole("data: [DONE]\n").done);  // not dispatched yet
+  CHECK_FALSE(run_whole("data: [DONE]\n").done);             // not dispatched yet
   Result r = run_whole("data: [DONE]\n");
   CHECK(r.mid_event);
   // A UTF-8 BOM at the start of the stream is ignored, even when split.
-  std::string bom = "\xEF\xBB\xBF" "data: [DONE]\n\n";
+  std::string bom =
+      "\xEF\xBB\xBF"
+      "data: [DONE]\n\n";
   CHECK(run_whole(bom).done);
   CHECK(run_bytewise(bom).done);
 }
@@ -299,7 +321,8 @@ TEST_CASE("usage extraction", "[sse]") {
     CHECK(r.completion_tokens == 3);
   }
   SECTION("usage:null is not usage") {
-    Result r = run_whole("data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":null}\n\n");
+    Result r =
+        run_whole("data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":null}\n\n");
     CHECK_FALSE(r.has_usage);
     CHECK_FALSE(r.events[0].usage);
     CHECK(r.data_events == 1);
@@ -308,12 +331,10 @@ TEST_CASE("usage extraction", "[sse]") {
     CHECK_FALSE(run_whole("data: {\"choices\":[{\"usage\":{\"prompt_tokens\":1,"
                           "\"completion_tokens\":2}}]}\n\n")
                     .has_usage);
-    CHECK_FALSE(
-        run_whole("data: {\"usage\":{\"prompt_tokens\":1.5,\"completion_tokens\":2}}\n\n")
-            .has_usage);
-    CHECK_FALSE(
-        run_whole("data: {\"usage\":{\"prompt_tokens\":-1,\"completion_tokens\":2}}\n\n")
-            .has_usage);
+    CHECK_FALSE(run_whole("data: {\"usage\":{\"prompt_tokens\":1.5,\"completion_tokens\":2}}\n\n")
+                    .has_usage);
+    CHECK_FALSE(run_whole("data: {\"usage\":{\"prompt_tokens\":-1,\"completion_tokens\":2}}\n\n")
+                    .has_usage);
     CHECK_FALSE(run_whole("data: {\"usage\":{\"prompt_tokens\":1}}\n\n").has_usage);
     CHECK_FALSE(run_whole("data: {\"usage\":\"{\\\"prompt_tokens\\\":1,"
                           "\\\"completion_tokens\\\":2}\"}\n\n")
@@ -321,8 +342,8 @@ TEST_CASE("usage extraction", "[sse]") {
     CHECK_FALSE(run_whole("data: [{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}]\n\n")
                     .has_usage);
     // Lenient on truncated JSON: members complete before the cut still count.
-    CHECK(run_whole("data: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}\n\n")
-              .has_usage);
+    CHECK(
+        run_whole("data: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}\n\n").has_usage);
   }
   SECTION("continuous usage stats: the last one wins") {
     Result r = run_whole(
@@ -334,6 +355,27 @@ TEST_CASE("usage extraction", "[sse]") {
     CHECK(r.prompt_tokens == 9);
     CHECK(r.completion_tokens == 2);
     CHECK(r.data_events == 3);
+  }
+}
+
+TEST_CASE("keys are found at every offset of the vectorized gate", "[sse]") {
+  // The gate looks 16 bytes at a time; slide the keys across block edges.
+  for (size_t pad = 0; pad < 48; ++pad) {
+    INFO("pad " << pad);
+    std::string p(pad, 'x');
+    Result u = run_whole("data: {\"p\":\"" + p +
+                         "\",\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n");
+    CHECK(u.has_usage);
+    CHECK(u.completion_tokens == 4);
+    Result e = run_whole("data: {\"p\":\"" + p + "\",\"error\":{\"message\":\"m\"}}\n\n");
+    CHECK(e.error_events == 1);
+    Result n = run_whole("data: {\"p\":\"" + p + "\",\"usage\":null,\"x\":\"e\"}\n\n");
+    CHECK_FALSE(n.has_usage);
+    CHECK(n.error_events == 0);
+    // At the very end of the line, where only the scalar tail loop looks.
+    Result tail = run_whole("data: " + p +
+                            "{\"usage\" :\t{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n");
+    CHECK(tail.has_usage == (pad == 0));  // with a prefix it is not a JSON object
   }
 }
 
@@ -393,10 +435,12 @@ TEST_CASE("oversize events are counted but not inspected", "[sse]") {
     CHECK(whole.completion_tokens == 4);
     CHECK(whole.done);
     std::vector<size_t> cuts;
-    for (size_t c = 7; c < stream.size(); c += 1499) cuts.push_back(c);
+    for (size_t c = 7; c < stream.size(); c += 1499)
+      cuts.push_back(c);
     require_same(whole, run_split(stream, cuts));
     std::vector<size_t> fine;
-    for (size_t c = 1; c < stream.size(); c += 3) fine.push_back(c);
+    for (size_t c = 1; c < stream.size(); c += 3)
+      fine.push_back(c);
     require_same(whole, run_split(stream, fine));
   }
 }
@@ -415,7 +459,8 @@ TEST_CASE("steady state allocates nothing", "[sse]") {
   feed_round();
   CHECK(g_allocations - before <= 1);
   before = g_allocations;
-  for (int round = 1; round < 100; ++round) feed_round();
+  for (int round = 1; round < 100; ++round)
+    feed_round();
   CHECK(g_allocations == before);
   CHECK(events == 100 * (kChatDataEvents + 1));
   CHECK(s.data_events() == 100 * kChatDataEvents);
@@ -462,8 +507,8 @@ TEST_CASE("sse_error_event escapes its strings", "[sse]") {
   out.clear();
   tr::append_json_string(&out, "\xFF|\xC0\xAF|\xED\xA0\x80|\xF4\x90\x80\x80|\xC3|\xE2\x82");
   const std::string r = "\xEF\xBF\xBD";
-  CHECK(out == "\"" + r + "|" + r + r + "|" + r + r + r + "|" + r + r + r + r + "|" + r + "|" +
-                   r + r + "\"");
+  CHECK(out == "\"" + r + "|" + r + r + "|" + r + r + r + "|" + r + r + r + r + "|" + r + "|" + r +
+                   r + "\"");
   // The event is one data line and a blank line, whatever the message holds.
   std::string ev = tr::sse_error_event("line1\n\nline2\r\r", "x", 500);
   CHECK(ev.find('\n') == ev.size() - 2);
