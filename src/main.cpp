@@ -122,6 +122,9 @@ int main(int argc, char** argv) {
     } else if (a == "--version") {
       std::printf("tokenrelay %s\n", TOKENRELAY_VERSION);
       return 0;
+    } else if (a == "--config-reference") {
+      std::fputs(tr::config::reference_markdown().c_str(), stdout);  // docs/CONFIG.md table
+      return 0;
     } else if (a == "--probe-io") {
       char why[256];
       bool ok = tr::io::probe_io_uring(why, sizeof why);

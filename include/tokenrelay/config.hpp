@@ -84,6 +84,14 @@ struct UpstreamConfig {
   uint32_t max_attempts = 3;            // [upstream] max_attempts: connect-failure walk
 };
 
+struct RoutingConfig {
+  std::string policy = "latency";  // [routing] policy: round_robin | least_requests |
+                                   // power_of_two | kv_aware | latency
+  double ttft_weight = 1.0;        // [routing] ttft_weight: score = completion + w * ttft
+  uint32_t sample_above = 64;      // [routing] sample_above: sample beyond this many replicas
+  uint32_t sample_size = 16;       // [routing] sample_size: replicas evaluated per decision
+};
+
 struct Config {
   std::string path;  // file it was loaded from
   ProxyConfig proxy;
@@ -92,6 +100,7 @@ struct Config {
   LimitsConfig limits;
   TimeoutsConfig timeouts;
   UpstreamConfig upstream;
+  RoutingConfig routing;
   std::vector<BackendConfig> backends;  // in file order
 };
 

@@ -9,9 +9,12 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <type_traits>
 
 #include "core/clock.hpp"
+#include "core/json.hpp"
 #include "core/log.hpp"
+#include "proxy/worker.hpp"
 
 namespace tr::admin {
 
@@ -19,6 +22,8 @@ namespace {
 
 constexpr int kReadTimeoutMs = 2000;
 constexpr size_t kMaxRequestBytes = 8192;
+constexpr uint32_t kStatusRefPromptTokens = 512;
+constexpr uint32_t kStatusRefOutputTokens = 128;
 
 void appendf(std::string* out, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 void appendf(std::string* out, const char* fmt, ...) {
@@ -53,6 +58,31 @@ void family(std::string* out, const char* name, const char* type, const char* he
   appendf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+// Renders one histogram summed over workers; <pick> selects it in a WorkerStats.
+template <class Pick>
+void render_histogram(std::string* out, const Sources& src, const char* name, Pick pick) {
+  const auto& first = pick(*src.workers[0]);
+  constexpr size_t n = std::remove_reference_t<decltype(first)>::size();
+  uint64_t cum = 0;
+  for (size_t i = 0; i <= n; ++i) {
+    for (const proxy::WorkerStats* w : src.workers) cum += pick(*w).buckets[i].get();
+    if (i < n) {
+      appendf(out, "%s_bucket{le=\"%g\"} %llu\n", name, first.bounds[i],
+              static_cast<unsigned long long>(cum));
+    } else {
+      appendf(out, "%s_bucket{le=\"+Inf\"} %llu\n", name, static_cast<unsigned long long>(cum));
+    }
+  }
+  double sum = 0;
+  uint64_t count = 0;
+  for (const proxy::WorkerStats* w : src.workers) {
+    sum += pick(*w).sum.load(std::memory_order_relaxed);
+    count += pick(*w).count.get();
+  }
+  appendf(out, "%s_sum %.9g\n%s_count %llu\n", name, sum, name,
+          static_cast<unsigned long long>(count));
+}
+
 }  // namespace
 
 std::string render_metrics(const Sources& src) {
@@ -85,7 +115,7 @@ std::string render_metrics(const Sources& src) {
   for (size_t b = 0; b < nb; ++b) {
     appendf(&out, "tokenrelay_inflight_requests{backend=\"%s\"} %lld\n",
             label(backends[b].name).c_str(),
-            static_cast<long long>(src.table->at(b).inflight.load(std::memory_order_relaxed)));
+            static_cast<long long>(src.table->at(b).dispatch.inflight.load(std::memory_order_relaxed)));
   }
 
   family(&out, "tokenrelay_backend_up", "gauge", "1 if the replica passes its health check.");
@@ -93,6 +123,24 @@ std::string render_metrics(const Sources& src) {
     appendf(&out, "tokenrelay_backend_up{backend=\"%s\"} %d\n", label(backends[b].name).c_str(),
             src.table->at(b).up.load(std::memory_order_relaxed) ? 1 : 0);
   }
+
+  family(&out, "tokenrelay_route_decisions_total", "counter",
+         "Routing decisions, by the replica ranked first and the policy.");
+  for (size_t b = 0; b < nb; ++b) {
+    uint64_t v = 0;
+    for (const proxy::WorkerStats* w : src.workers) v += w->backend(b).route_decisions.get();
+    appendf(&out, "tokenrelay_route_decisions_total{backend=\"%s\",policy=\"%s\"} %llu\n",
+            label(backends[b].name).c_str(), label(src.cfg->routing.policy).c_str(),
+            static_cast<unsigned long long>(v));
+  }
+  family(&out, "tokenrelay_route_decision_seconds", "histogram",
+         "Time to rank the replicas for one request.");
+  render_histogram(&out, src, "tokenrelay_route_decision_seconds",
+                   [](const proxy::WorkerStats& w) -> const auto& { return w.route_decision; });
+  family(&out, "tokenrelay_ttft_prediction_error_seconds", "histogram",
+         "Predicted minus observed time to first token (latency policy).");
+  render_histogram(&out, src, "tokenrelay_ttft_prediction_error_seconds",
+                   [](const proxy::WorkerStats& w) -> const auto& { return w.ttft_error; });
 
   family(&out, "tokenrelay_upstream_retries_total", "counter",
          "Attempts moved to another replica or connection before any response byte.");
@@ -175,6 +223,72 @@ std::string render_metrics(const Sources& src) {
          "Requests sent on a pooled keep-alive connection.");
   appendf(&out, "tokenrelay_upstream_reuses_total %llu\n",
           sum([](const proxy::WorkerStats& w) { return w.upstream_reuses.get(); }));
+  return out;
+}
+
+std::string render_status(const Sources& src) {
+  std::string out;
+  out.reserve(4096);
+  const auto& backends = src.cfg->backends;
+  int64_t now = mono_ms();
+  proxy::TableSource table(src.cfg, src.table);
+  // Reference request for the predicted columns: a typical chat turn.
+  estimator::RequestCost ref{kStatusRefPromptTokens, kStatusRefOutputTokens};
+  appendf(&out, "{\"version\":\"%s\",\"io\":\"%s\",\"policy\":\"", TOKENRELAY_VERSION,
+          src.io_backend.c_str());
+  json_escape_append(out, src.cfg->routing.policy);
+  appendf(&out,
+          "\",\"workers\":%zu,\"reference_request\":{\"prompt_tokens\":%u,"
+          "\"output_tokens\":%u},\"replicas\":[",
+          src.workers.size(), ref.prompt_tokens, ref.output_tokens);
+  for (size_t i = 0; i < backends.size(); ++i) {
+    const scores::ReplicaSlot& slot = src.table->at(i);
+    scores::ScrapedState st = slot.scraped.load();
+    routing::ReplicaView v;
+    table.view(i, &v);
+    estimator::Prediction p = estimator::predict(v.load, ref);
+    const scores::Dispatch& d = slot.dispatch;
+    if (i) out += ',';
+    out += "{\"name\":\"";
+    json_escape_append(out, backends[i].name);
+    out += "\",\"url\":\"";
+    json_escape_append(out, backends[i].url);
+    int64_t health_at = slot.last_health_ms.load(std::memory_order_relaxed);
+    appendf(&out,
+            "\",\"up\":%s,\"health_status\":%d,\"health_age_ms\":%lld,"
+            "\"scrape\":{\"ok\":%s,\"age_ms\":%lld,\"scrapes_ok\":%u,\"errors\":%u,"
+            "\"engines\":%u,\"running\":%g,\"waiting\":%g,\"kv_usage\":%g,"
+            "\"prefix_hit_rate\":%g,\"block_size\":%u,\"num_gpu_blocks\":%llu,"
+            "\"ttft_mean_s\":%g,\"itl_mean_s\":%g,\"prompt_tokens_per_s\":%g,"
+            "\"generation_tokens_per_s\":%g},",
+            slot.up.load(std::memory_order_relaxed) ? "true" : "false",
+            slot.last_health_status.load(std::memory_order_relaxed),
+            static_cast<long long>(health_at ? now - health_at : -1),
+            st.metrics_ok ? "true" : "false",
+            static_cast<long long>(st.scraped_at_ms ? now - st.scraped_at_ms : -1), st.scrapes_ok,
+            st.scrape_errors, st.engines, st.running, st.waiting, st.kv_usage, st.prefix_hit_rate,
+            st.block_size, static_cast<unsigned long long>(st.num_gpu_blocks), st.ttft_mean_s,
+            st.itl_mean_s, st.prompt_tokens_per_s, st.generation_tokens_per_s);
+    appendf(&out,
+            "\"calibration\":{\"samples\":%u,\"step_base_s\":%g,\"step_per_token_s\":%g,"
+            "\"budget_tokens\":%u,\"max_num_seqs\":%u},",
+            st.calibration_samples, v.load.step_base_s, v.load.step_per_token_s,
+            v.load.budget_tokens, v.load.max_num_seqs);
+    appendf(&out,
+            "\"dispatch\":{\"inflight\":%lld,\"prefill_requests\":%lld,"
+            "\"prefill_tokens\":%lld,\"decode_requests\":%lld,\"decode_tokens\":%lld},"
+            "\"load\":{\"running\":%g,\"waiting\":%g,\"prefill_tokens_queued\":%g,"
+            "\"decode_tokens_remaining\":%g},"
+            "\"predicted\":{\"ttft_s\":%.6f,\"completion_s\":%.6f}}",
+            static_cast<long long>(d.inflight.load(std::memory_order_relaxed)),
+            static_cast<long long>(d.prefill_requests.load(std::memory_order_relaxed)),
+            static_cast<long long>(d.prefill_tokens.load(std::memory_order_relaxed)),
+            static_cast<long long>(d.decode_requests.load(std::memory_order_relaxed)),
+            static_cast<long long>(d.decode_tokens.load(std::memory_order_relaxed)),
+            v.load.running, v.load.waiting, v.load.prefill_tokens_queued,
+            v.load.decode_tokens_remaining, p.ttft_s, p.completion_s);
+  }
+  out += "]}\n";
   return out;
 }
 
@@ -263,13 +377,16 @@ void AdminServer::serve_one(int fd) {
   } else if (path == "/metrics") {
     body = render_metrics(*src_);
     ctype = "text/plain; version=0.0.4; charset=utf-8";
+  } else if (path == "/status") {
+    body = render_status(*src_);
+    ctype = "application/json";
   } else if (path == "/health") {
     bool up = src_->table->any_up();
     status = up ? 200 : 503;
     body = up ? "ok\n" : "no replica is up\n";
   } else {
     status = 404;
-    body = "not found: try /metrics or /health\n";
+    body = "not found: try /metrics, /status or /health\n";
   }
   std::string resp;
   appendf(&resp,

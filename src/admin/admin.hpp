@@ -23,6 +23,10 @@ struct Sources {
 
 // Renders every tokenrelay_* family. Pure: reads counters, writes text.
 std::string render_metrics(const Sources& src);
+// GET /status: the replica-score table as JSON: per replica the scraped values,
+// scrape age, calibration, dispatch accounting, up/down and the predicted TTFT
+// and completion for a reference request.
+std::string render_status(const Sources& src);
 
 class AdminServer {
  public:

@@ -52,10 +52,23 @@ namespace {
 // ---------------------------------------------------------------------------
 // The key table.
 
-enum class Section : uint8_t { proxy, admin, poller, limits, timeouts, upstream, backend };
-constexpr size_t kSectionCount = 7;
+enum class Section : uint8_t {
+  proxy,
+  admin,
+  poller,
+  limits,
+  timeouts,
+  upstream,
+  routing,
+  backend
+};
+constexpr size_t kSectionCount = 8;
 constexpr std::array<std::string_view, kSectionCount> kSectionNames = {
-    "proxy", "admin", "poller", "limits", "timeouts", "upstream", "backend"};
+    "proxy", "admin", "poller", "limits", "timeouts", "upstream", "routing", "backend"};
+
+// [routing] policy values (src/routing/policy.hpp parses the same names).
+constexpr std::string_view kPolicyNames[] = {"round_robin", "least_requests", "power_of_two",
+                                             "kv_aware", "latency"};
 
 enum class Kind : uint8_t {
   u32,       // decimal integer in [min, max]
@@ -63,6 +76,7 @@ enum class Kind : uint8_t {
   size,      // bytes: decimal integer with optional binary suffix, in [min, max]
   real,      // decimal number in (real_min, real_max]
   io_mode,   // auto | io_uring | epoll
+  policy,    // one of kPolicyNames
   sockaddr,  // host:port, [v6]:port, *:port
   url,       // http://host[:port][/base]
 };
@@ -88,6 +102,7 @@ struct Key {
   Field<uint64_t> u64 = nullptr;
   Field<double> real = nullptr;
   Field<IoMode> io = nullptr;
+  Field<std::string> text = nullptr;
   Field<SockAddr> addr = nullptr;
   Field<BackendConfig> backend = nullptr;  // url: fills url, host, port, base_path, addr
 };
@@ -314,6 +329,38 @@ constexpr Key kKeys[] = {
      .max = 16,
      .doc = "Most replicas tried for one request when connecting fails.",
      .u32 = TR_CFG(uint32_t, upstream.max_attempts)},
+    // [routing]
+    {.section = S::routing,
+     .name = "policy",
+     .kind = K::policy,
+     .default_text = "latency",
+     .doc = "How a replica is chosen: latency = minimum predicted completion (TTFT weighted); "
+            "least_requests, power_of_two, kv_aware, round_robin.",
+     .text = TR_CFG(std::string, routing.policy)},
+    {.section = S::routing,
+     .name = "ttft_weight",
+     .kind = K::real,
+     .default_text = "1",
+     .real_min = 0,
+     .real_max = 1000,
+     .doc = "latency policy: score = predicted completion + ttft_weight x predicted TTFT.",
+     .real = TR_CFG(double, routing.ttft_weight)},
+    {.section = S::routing,
+     .name = "sample_above",
+     .kind = K::u32,
+     .default_text = "64",
+     .min = 2,
+     .max = 100000,
+     .doc = "With more replicas than this, each decision scores a random sample of them.",
+     .u32 = TR_CFG(uint32_t, routing.sample_above)},
+    {.section = S::routing,
+     .name = "sample_size",
+     .kind = K::u32,
+     .default_text = "16",
+     .min = 2,
+     .max = 256,
+     .doc = "Replicas scored per decision on large fleets (power-of-d choices).",
+     .u32 = TR_CFG(uint32_t, routing.sample_size)},
     // [backend NAME]
     {.section = S::backend,
      .name = "url",
@@ -358,7 +405,7 @@ constexpr bool is_pow2(uint64_t v) {
 
 constexpr bool key_is_consistent(const Key& k) {
   int targets = (k.u32 != nullptr) + (k.u64 != nullptr) + (k.real != nullptr) + (k.io != nullptr) +
-                (k.addr != nullptr) + (k.backend != nullptr);
+                (k.text != nullptr) + (k.addr != nullptr) + (k.backend != nullptr);
   if (targets != 1 || k.name.empty() || k.doc.empty()) return false;
   if (k.default_text.empty() && k.kind != Kind::url) return false;  // only url may be required
   if (k.pow2 && !(is_pow2(k.min) && is_pow2(k.max))) return false;
@@ -372,6 +419,8 @@ constexpr bool key_is_consistent(const Key& k) {
       return k.real != nullptr && k.real_min < k.real_max;
     case Kind::io_mode:
       return k.io != nullptr;
+    case Kind::policy:
+      return k.text != nullptr;
     case Kind::sockaddr:
       return k.addr != nullptr;
     case Kind::url:
@@ -489,6 +538,9 @@ std::string bounds_text(const Key& k) {
     case Kind::io_mode:
       s = "auto, io_uring or epoll";
       break;
+    case Kind::policy:
+      s = "round_robin, least_requests, power_of_two, kv_aware or latency";
+      break;
     case Kind::sockaddr:
       s = "port 0..65535";
       break;
@@ -511,6 +563,7 @@ std::string type_text(Kind kind) {
     case Kind::real:
       return "number";
     case Kind::io_mode:
+    case Kind::policy:
       return "enum";
     case Kind::sockaddr:
       return "address: host:port, [v6]:port, *:port";
@@ -537,6 +590,8 @@ std::string expected_text(const Key& k) {
       return "expected a number " + bounds_text(k);
     case Kind::io_mode:
       return "expected auto, io_uring or epoll";
+    case Kind::policy:
+      return "expected round_robin, least_requests, power_of_two, kv_aware or latency";
     case Kind::sockaddr:
       return "expected host:port, [ipv6]:port or *:port";
     case Kind::url:
@@ -680,6 +735,14 @@ bool apply_value(const Key& k, std::string_view text, Config& c, BackendConfig& 
         break;
       }
       return true;
+    case Kind::policy:
+      for (std::string_view name : kPolicyNames) {
+        if (text == name) {
+          k.text(c, b)->assign(name);
+          return true;
+        }
+      }
+      break;
     case Kind::sockaddr: {
       std::string reason;
       if (parse_sockaddr(text, k.addr(c, b), &reason)) return true;

@@ -299,41 +299,71 @@ bool ClientConn::answer_locally() {
 
 void ClientConn::route_and_dispatch() {
   const Config& cfg = w_->cfg();
-  scores::Table& table = *w_->shared().table;
-  routing::Candidate cands[256];
-  size_t n = cfg.backends.size() < 256 ? cfg.backends.size() : 256;
-  for (size_t i = 0; i < n; ++i) {
-    cands[i].index = static_cast<uint32_t>(i);
-    cands[i].usable = table.at(i).up.load(std::memory_order_relaxed);
-    cands[i].inflight = table.at(i).inflight.load(std::memory_order_relaxed);
-    cands[i].weight = cfg.backends[i].weight;
-  }
+  routing::RouteRequest rr;
+  rr.facts = &facts_;
+  rr.cost.prompt_tokens = w_->learner().prompt_tokens(facts_);
+  rr.cost.output_tokens = w_->learner().output_tokens(facts_);
+  cost_ = rr.cost;
   uint32_t max = cfg.upstream.max_attempts < kMaxRanked ? cfg.upstream.max_attempts
                                                         : static_cast<uint32_t>(kMaxRanked);
-  nranked_ = static_cast<uint32_t>(w_->policy().rank(
-      facts_, std::span<const routing::Candidate>(cands, n), std::span<uint32_t>(ranked_, max)));
+  int64_t t0 = mono_ns();
+  routing::Ranking rk = w_->policy().rank(rr, w_->replicas(), std::span<uint32_t>(ranked_, max));
+  w_->stats().observe_route_decision(static_cast<double>(mono_ns() - t0) / 1e9);
+  nranked_ = static_cast<uint32_t>(rk.count);
   next_rank_ = 0;
+  predicted_ttft_s_ = rk.predicted_ttft_s;
   if (nranked_ == 0) {
     fail_before_head(Failure::upstream_connect, 503, "no replica is available",
                      "no_replica_available");
     return;
   }
+  w_->stats().backend(ranked_[0]).route_decisions.add();
   try_next_replica();
+}
+
+// Dispatch accounting (src/scores/table.hpp): the request is credited to the
+// replica it is sent to as prefill work; at its first token it moves to decode;
+// at the end (or when it moves to another replica) it is debited.
+void ClientConn::credit_dispatch() {
+  TR_ASSERT(phase_ == Phase::kNone && backend_ >= 0);
+  scores::Dispatch& d = w_->shared().table->at(static_cast<size_t>(backend_)).dispatch;
+  d.inflight.fetch_add(1, std::memory_order_relaxed);
+  d.prefill_requests.fetch_add(1, std::memory_order_relaxed);
+  d.prefill_tokens.fetch_add(cost_.prompt_tokens, std::memory_order_relaxed);
+  d.decode_tokens.fetch_add(cost_.output_tokens, std::memory_order_relaxed);
+  phase_ = Phase::kPrefill;
+}
+
+void ClientConn::dispatch_first_token() {
+  if (phase_ != Phase::kPrefill) return;
+  scores::Dispatch& d = w_->shared().table->at(static_cast<size_t>(backend_)).dispatch;
+  d.prefill_requests.fetch_sub(1, std::memory_order_relaxed);
+  d.prefill_tokens.fetch_sub(cost_.prompt_tokens, std::memory_order_relaxed);
+  d.decode_requests.fetch_add(1, std::memory_order_relaxed);
+  phase_ = Phase::kDecode;
+}
+
+void ClientConn::release_dispatch() {
+  if (phase_ == Phase::kNone) return;
+  scores::Dispatch& d = w_->shared().table->at(static_cast<size_t>(backend_)).dispatch;
+  if (phase_ == Phase::kPrefill) {
+    d.prefill_requests.fetch_sub(1, std::memory_order_relaxed);
+    d.prefill_tokens.fetch_sub(cost_.prompt_tokens, std::memory_order_relaxed);
+  } else {
+    d.decode_requests.fetch_sub(1, std::memory_order_relaxed);
+  }
+  d.decode_tokens.fetch_sub(cost_.output_tokens, std::memory_order_relaxed);
+  d.inflight.fetch_sub(1, std::memory_order_relaxed);
+  phase_ = Phase::kNone;
 }
 
 void ClientConn::try_next_replica() {
   const Config& cfg = w_->cfg();
   while (next_rank_ < nranked_) {
     uint32_t b = ranked_[next_rank_++];
-    if (counted_inflight_) {
-      w_->shared()
-          .table->at(static_cast<size_t>(backend_))
-          .inflight.fetch_sub(1, std::memory_order_relaxed);
-      counted_inflight_ = false;
-    }
+    release_dispatch();
     backend_ = static_cast<int>(b);
-    w_->shared().table->at(b).inflight.fetch_add(1, std::memory_order_relaxed);
-    counted_inflight_ = true;
+    credit_dispatch();
     if (UpstreamConn* u = w_->take_idle(b)) {
       w_->stats().upstream_reuses.add();
       u->attach(this);
@@ -504,7 +534,10 @@ void ClientConn::upstream_body_piece(const char* p, size_t n) {
       w_->stats().stream_events.add();
       if (!first_event_seen_) {
         first_event_seen_ = true;
-        w_->stats().observe_ttft(static_cast<double>(mono_ns() - t_request_ns_) / 1e9);
+        double ttft_s = static_cast<double>(mono_ns() - t_request_ns_) / 1e9;
+        w_->stats().observe_ttft(ttft_s);
+        if (predicted_ttft_s_ >= 0) w_->stats().observe_ttft_error(predicted_ttft_s_ - ttft_s);
+        dispatch_first_token();
       }
     });
   }
@@ -585,12 +618,7 @@ void ClientConn::release_upstream(bool reusable) {
 }
 
 void ClientConn::finish_exchange() {
-  if (counted_inflight_) {
-    w_->shared()
-        .table->at(static_cast<size_t>(backend_))
-        .inflight.fetch_sub(1, std::memory_order_relaxed);
-    counted_inflight_ = false;
-  }
+  release_dispatch();
   staged_.clear();
   state_ = State::kReading;
   if (close_after_) {
@@ -674,12 +702,7 @@ void ClientConn::abort_exchange(Failure why) {
   // Closing the upstream connection now is what makes vLLM abort the request and
   // free its KV cache; it is never returned to the pool.
   release_upstream(false);
-  if (counted_inflight_) {
-    w_->shared()
-        .table->at(static_cast<size_t>(backend_))
-        .inflight.fetch_sub(1, std::memory_order_relaxed);
-    counted_inflight_ = false;
-  }
+  release_dispatch();
   close_now();
 }
 
@@ -731,12 +754,7 @@ void ClientConn::on_recv_end(io::Socket* s, int err) {
 void ClientConn::close_now() {
   if (state_ == State::kClosing) return;
   if (up_) release_upstream(false);
-  if (counted_inflight_) {
-    w_->shared()
-        .table->at(static_cast<size_t>(backend_))
-        .inflight.fetch_sub(1, std::memory_order_relaxed);
-    counted_inflight_ = false;
-  }
+  release_dispatch();
   state_ = State::kClosing;
   w_->loop().timers().disarm(&timer_);
   staged_.clear();

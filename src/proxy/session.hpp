@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <string>
 
+#include "estimator/predict.hpp"
 #include "http/message.hpp"
 #include "io/loop.hpp"
 #include "io/out_queue.hpp"
@@ -90,6 +91,9 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   void reply_local(int status, std::string_view json_body);
   void reply_error(int status, const char* message, const char* type, const char* code);
   void finish_exchange();
+  void credit_dispatch();
+  void dispatch_first_token();
+  void release_dispatch();
   void release_upstream(bool reusable);
   void abort_exchange(Failure why);
   void flush();
@@ -123,7 +127,10 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   uint32_t nranked_ = 0;
   uint32_t next_rank_ = 0;
   int backend_ = -1;  // replica of the current attempt; -1 = none yet
-  bool counted_inflight_ = false;
+  enum class Phase : uint8_t { kNone, kPrefill, kDecode };
+  Phase phase_ = Phase::kNone;  // dispatch accounting of the current attempt
+  estimator::RequestCost cost_{};
+  double predicted_ttft_s_ = -1;
   bool retried_ = false;
   UpstreamConn* up_ = nullptr;
   int64_t t_request_ns_ = 0;

@@ -59,6 +59,33 @@ inline constexpr const char* kFailureNames[] = {
 struct alignas(64) BackendStats {
   Counter requests[kCodeSlots];  // by final status code
   Counter retries;
+  Counter route_decisions;  // times ranked first by the policy
+};
+
+// Upper bounds (seconds) of the routing decision time histogram.
+inline constexpr double kDecisionBuckets[] = {2.5e-7, 5e-7, 1e-6, 2e-6,   5e-6,
+                                              1e-5,   2.5e-5, 5e-5, 1e-4, 1e-3};
+// Upper bounds (seconds) of predicted minus observed TTFT: negative = optimistic.
+inline constexpr double kTtftErrorBuckets[] = {-5, -2, -1, -0.5, -0.25, -0.1, -0.05, -0.025,
+                                               -0.01, 0, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                               1, 2, 5};
+
+// A histogram with fixed bounds, single writer (the owning worker).
+template <size_t N>
+struct Histogram {
+  const double* bounds;
+  Counter buckets[N + 1];  // last = +Inf; not cumulative (the renderer accumulates)
+  Counter count;
+  std::atomic<double> sum{0};
+  explicit Histogram(const double (&b)[N]) : bounds(b) {}
+  void observe(double v) {
+    size_t i = 0;
+    while (i < N && v > bounds[i]) ++i;
+    buckets[i].add();
+    count.add();
+    sum.store(sum.load(std::memory_order_relaxed) + v, std::memory_order_relaxed);
+  }
+  static constexpr size_t size() { return N; }
 };
 
 class WorkerStats {
@@ -83,6 +110,11 @@ class WorkerStats {
   Counter failures[static_cast<size_t>(Failure::count_)];
   Counter upstream_connects;
   Counter upstream_reuses;
+  Histogram<sizeof(kDecisionBuckets) / sizeof(double)> route_decision{kDecisionBuckets};
+  Histogram<sizeof(kTtftErrorBuckets) / sizeof(double)> ttft_error{kTtftErrorBuckets};
+
+  void observe_route_decision(double seconds) { route_decision.observe(seconds); }
+  void observe_ttft_error(double seconds) { ttft_error.observe(seconds); }
 
   void observe_ttft(double seconds) {
     size_t i = 0;

@@ -6,6 +6,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -30,13 +31,71 @@ uint64_t xoroshiro_next(uint64_t s[2]) {
 }
 }  // namespace
 
+// Load assumed for requests a replica runs that did not come through this
+// process (seen in its scrape but not in our accounting).
+constexpr double kForeignPromptTokens = 256;
+constexpr double kForeignOutputTokens = 128;
+
+void TableSource::view(size_t i, routing::ReplicaView* v) const {
+  const scores::ReplicaSlot& slot = table_->at(i);
+  const BackendConfig& b = cfg_->backends[i];
+  const scores::Dispatch& d = slot.dispatch;
+  v->usable = slot.up.load(std::memory_order_relaxed);
+  v->weight = b.weight;
+  int64_t inflight = d.inflight.load(std::memory_order_relaxed);
+  double prefill_requests = std::max<double>(0, d.prefill_requests.load(std::memory_order_relaxed));
+  double prefill_tokens = std::max<double>(0, d.prefill_tokens.load(std::memory_order_relaxed));
+  double decode_requests = std::max<double>(0, d.decode_requests.load(std::memory_order_relaxed));
+  double decode_tokens = std::max<double>(0, d.decode_tokens.load(std::memory_order_relaxed));
+  v->inflight = inflight;
+  scores::ScrapedState st = slot.scraped.load();
+  double s_running = st.metrics_ok ? std::max<float>(0, st.running) : 0;
+  double s_waiting = st.metrics_ok ? std::max<float>(0, st.waiting) : 0;
+  // Our accounting is live; the scrape is up to one interval old but also sees
+  // traffic from elsewhere. Take whichever shows more.
+  double total = std::max(s_running + s_waiting, static_cast<double>(inflight));
+  uint32_t max_seqs = b.max_num_seqs ? b.max_num_seqs : estimator::kDefaultMaxNumSeqs;
+  v->running = std::min<double>(total, max_seqs);
+  v->waiting = total - v->running;
+  v->kv_usage = st.metrics_ok ? st.kv_usage : -1;
+  estimator::ReplicaLoad& l = v->load;
+  l.budget_tokens =
+      b.max_num_batched_tokens ? b.max_num_batched_tokens : estimator::kDefaultBudgetTokens;
+  l.max_num_seqs = max_seqs;
+  if (st.calibration_samples > 0) {
+    l.step_base_s = st.step_base_s;
+    l.step_per_token_s = st.step_per_token_s;
+  } else {
+    l.step_base_s = estimator::kDefaultStepBaseS;
+    l.step_per_token_s = estimator::kDefaultStepPerTokenS;
+  }
+  l.running = v->running;
+  l.waiting = v->waiting;
+  double foreign_waiting = std::max(0.0, s_waiting - prefill_requests);
+  double foreign_running = std::max(0.0, s_running - decode_requests - prefill_requests);
+  l.prefill_tokens_queued = prefill_tokens + foreign_waiting * kForeignPromptTokens;
+  l.decode_tokens_remaining = decode_tokens + foreign_running * kForeignOutputTokens;
+  l.kv_usage = v->kv_usage;
+}
+
 Worker::Worker(Shared* shared, const WorkerOptions& opt)
-    : shared_(shared), opt_(opt), stats_(shared->cfg->backends.size()) {
+    : shared_(shared),
+      opt_(opt),
+      stats_(shared->cfg->backends.size()),
+      replicas_(shared->cfg, shared->table) {
   const LimitsConfig& l = shared->cfg->limits;
   parse_limits_.request_line_bytes = l.request_line_bytes;
   parse_limits_.header_bytes = l.header_bytes;
   parse_limits_.header_count = l.header_count;
-  policy_ = routing::make_default_policy(opt.index * 7919u);
+  routing::PolicyOptions po;
+  const RoutingConfig& rc = shared->cfg->routing;
+  if (!routing::parse_policy(rc.policy, &po.kind)) po.kind = routing::PolicyKind::latency;
+  po.ttft_weight = rc.ttft_weight;
+  po.sample_above = rc.sample_above;
+  po.sample_size = rc.sample_size;
+  po.seed = (static_cast<uint64_t>(opt.index) + 1) * 0x9e3779b97f4a7c15ull ^
+            static_cast<uint64_t>(mono_ns());
+  policy_ = routing::make_policy(po);
   idle_.resize(shared->cfg->backends.size());
   if (getrandom(rng_state_, sizeof rng_state_, 0) != sizeof rng_state_) {
     rng_state_[0] = static_cast<uint64_t>(mono_ns()) ^ (opt.index + 1);

@@ -17,6 +17,8 @@
 #include "io/loop.hpp"
 #include "openai/body.hpp"
 #include "proxy/stats.hpp"
+#include "estimator/engine_defaults.hpp"
+#include "estimator/tokens.hpp"
 #include "routing/policy.hpp"
 #include "scores/table.hpp"
 #include "tokenrelay/config.hpp"
@@ -25,6 +27,19 @@ namespace tr::proxy {
 
 class ClientConn;
 class UpstreamConn;
+
+// The replica table as routing policies read it: health, this process's
+// dispatch accounting and the last scrape, combined into the best-known load.
+class TableSource final : public routing::ReplicaSource {
+ public:
+  TableSource(const Config* cfg, const scores::Table* table) : cfg_(cfg), table_(table) {}
+  size_t size() const override { return table_->size(); }
+  void view(size_t i, routing::ReplicaView* out) const override;
+
+ private:
+  const Config* cfg_;
+  const scores::Table* table_;
+};
 
 // Process-wide state a worker reads. Owned by main; outlives every worker.
 struct Shared {
@@ -66,6 +81,8 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   WorkerStats& stats() { return stats_; }
   BodyInspector& inspector() { return inspector_; }
   routing::Policy& policy() { return *policy_; }
+  const routing::ReplicaSource& replicas() const { return replicas_; }
+  estimator::ModelLearner& learner() { return learner_; }
   const http::ParseLimits& parse_limits() const { return parse_limits_; }
   bool draining() const { return drain_started_; }
   // A fresh request id: 32 lowercase hex characters.
@@ -110,6 +127,8 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   WorkerStats stats_;
   BodyInspector inspector_;
   std::unique_ptr<routing::Policy> policy_;
+  TableSource replicas_;
+  estimator::ModelLearner learner_;
   http::ParseLimits parse_limits_;
   uint64_t rng_state_[2];
 

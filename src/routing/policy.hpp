@@ -1,8 +1,12 @@
-// Routing policies: given what is known about each replica, rank the replicas
-// for one request, best first. The caller walks down the list when a choice
-// fails (connect refused, ...). Pure code: no sockets, no clocks, no globals;
-// each worker owns its own policy object (state such as a round-robin cursor is
-// per worker and needs no synchronisation).
+// Routing policies: rank the replicas for one request, best first. The caller
+// walks down the list when a choice fails (connect refused, ...). Pure code: no
+// sockets, no clocks, no globals. Each worker owns its policy object, so state
+// such as a round-robin cursor or a random generator needs no synchronisation.
+//
+// A policy reads replicas through ReplicaSource, lazily: above
+// PolicyOptions::sample_above replicas it evaluates a random subset of
+// sample_size of them (power-of-d choices), so a decision costs the same for 64
+// replicas as for 1,000.
 #pragma once
 
 #include <cstddef>
@@ -11,40 +15,70 @@
 #include <span>
 #include <string_view>
 
+#include "estimator/predict.hpp"
 #include "tokenrelay/request_facts.hpp"
 
 namespace tr::routing {
 
-// One replica as a policy sees it. Filled by the caller from the replica table.
-struct Candidate {
-  uint32_t index = 0;    // replica index in config order
-  bool usable = true;    // up and not excluded for this request
-  int64_t inflight = 0;  // requests in flight through this process
-  double weight = 1.0;
+// One replica as policies see it: health, this process's dispatch accounting,
+// the best-known engine load (scrape combined with accounting) and the
+// estimator's inputs.
+struct ReplicaView {
+  bool usable = true;    // up and not excluded
+  double weight = 1.0;   // [backend NAME] weight
+  int64_t inflight = 0;  // requests this process has in flight there
+  double running = 0;    // best-known requests running (>= 0)
+  double waiting = 0;    // best-known requests queued (>= 0)
+  double kv_usage = -1;  // 0..1, -1 unknown
+  estimator::ReplicaLoad load;
+};
+
+class ReplicaSource {
+ public:
+  virtual size_t size() const = 0;
+  // Fills <out> for replica <i> (0 <= i < size()).
+  virtual void view(size_t i, ReplicaView* out) const = 0;
+
+ protected:
+  ~ReplicaSource() = default;
+};
+
+struct RouteRequest {
+  const RequestFacts* facts = nullptr;
+  estimator::RequestCost cost{};  // estimated prompt and output tokens
+};
+
+// A decision: indices of replicas, best first, and for the first one what the
+// estimator predicted (latency policy only; negative otherwise).
+struct Ranking {
+  size_t count = 0;
+  double predicted_ttft_s = -1;
+  double predicted_completion_s = -1;
+};
+
+enum class PolicyKind { round_robin, least_requests, power_of_two, kv_aware, latency };
+
+struct PolicyOptions {
+  PolicyKind kind = PolicyKind::latency;
+  double ttft_weight = 1.0;     // latency: score = completion + ttft_weight * ttft
+  uint32_t sample_above = 64;   // evaluate a sample when there are more replicas than this
+  uint32_t sample_size = 16;    // how many replicas the sample holds
+  uint64_t seed = 1;
 };
 
 class Policy {
  public:
   virtual ~Policy() = default;
   virtual std::string_view name() const = 0;
-  // Writes the indices of usable candidates into <out>, best first, and returns
-  // how many were written (at most out.size()). Unusable candidates are never ranked.
-  virtual size_t rank(const RequestFacts& req, std::span<const Candidate> replicas,
-                      std::span<uint32_t> out) = 0;
+  // Writes up to out.size() indices of usable replicas into <out>, best first.
+  // Unusable replicas are never ranked; count == 0 means none is usable.
+  virtual Ranking rank(const RouteRequest& req, const ReplicaSource& src,
+                       std::span<uint32_t> out) = 0;
 };
 
-// Fewest in-flight requests (scaled by weight); ties broken round robin.
-class LeastInflight final : public Policy {
- public:
-  explicit LeastInflight(uint32_t seed = 0) : cursor_(seed) {}
-  std::string_view name() const override { return "least_requests"; }
-  size_t rank(const RequestFacts& req, std::span<const Candidate> replicas,
-              std::span<uint32_t> out) override;
-
- private:
-  uint32_t cursor_;
-};
-
-std::unique_ptr<Policy> make_default_policy(uint32_t seed);
+std::unique_ptr<Policy> make_policy(const PolicyOptions& opt);
+// "round_robin" | "least_requests" | "power_of_two" | "kv_aware" | "latency".
+bool parse_policy(std::string_view text, PolicyKind* out);
+std::string_view policy_name(PolicyKind kind);
 
 }  // namespace tr::routing

@@ -1,30 +1,112 @@
-// The replica table: one cache-line-aligned slot per configured replica, shared
-// by every thread of the process. Fixed capacity, allocated once at start (and
-// on reload), never resized while workers run.
+// The replica-score table: one slot per configured replica, shared by every
+// thread of the process. Fixed capacity, allocated once at start, never resized
+// while workers run.
 //
-// Writers and readers:
-//  - the poller thread is the only writer of health fields (up, last check);
-//  - workers add and remove their own dispatch accounting (inflight) with
-//    atomic read-modify-write; the slot is the only place they share.
-// Readers use relaxed loads: each field is independently meaningful and a
-// decision made on a value one scrape old is fine (issue 3 adds the scraped
-// engine state behind a seqlock in the same slot).
+// Two kinds of data live in a slot, written by different threads:
+//
+//  1. What the poller learned (health, the last scrape, calibration): written only
+//     by the poller thread, published with a **seqlock**. Readers (workers, admin)
+//     copy it out and retry if a write overlapped. Why a seqlock and not a
+//     snapshot swapped by pointer: the payload is a small fixed-size POD (about
+//     100 bytes), the writer is a single thread at ~10 Hz per slot, and readers are
+//     many and hot (every routing decision reads a few slots). A seqlock costs the
+//     reader two loads of the sequence plus the copy, never allocates, and needs no
+//     memory reclamation scheme (a swapped pointer would need hazard pointers,
+//     epochs or reference counts to free old snapshots safely). The payload is
+//     stored as relaxed atomic words so the concurrent copy is not a data race under
+//     the C++ memory model (and ThreadSanitizer agrees).
+//
+//  2. Dispatch accounting: workers credit a request to a replica at the moment they
+//     route it and debit it as it progresses (first token, end). These are plain
+//     atomic counters (fetch_add) on their own cache line. They make a burst of
+//     requests between two scrapes spread out instead of all landing on the replica
+//     that looked idlest at the last scrape; the scrape then tells what the replica
+//     really runs, including traffic that did not come through this process.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <memory>
-#include <string>
+#include <type_traits>
 
 namespace tr::scores {
 
+// Published by the poller for one replica. Plain data; copied whole.
+struct ScrapedState {
+  int64_t scraped_at_ms = 0;  // monotonic ms of the last good scrape (0 = never)
+  uint32_t scrapes_ok = 0;
+  uint32_t scrape_errors = 0;
+  bool metrics_ok = false;  // the last scrape parsed as vLLM metrics
+  // Engine state from the last scrape (sums over engines; -1 unknown).
+  float running = -1;
+  float waiting = -1;
+  float kv_usage = -1;
+  float prefix_hit_rate = -1;  // hits/queries over the last interval
+  uint32_t engines = 0;
+  uint32_t block_size = 0;
+  uint64_t num_gpu_blocks = 0;
+  // Calibration (step_time = base + per_token * tokens) and recent means.
+  float step_base_s = 0;
+  float step_per_token_s = 0;
+  uint32_t calibration_samples = 0;
+  float ttft_mean_s = -1;  // over the last interval
+  float itl_mean_s = -1;   // over the last interval
+  float prompt_tokens_per_s = -1;
+  float generation_tokens_per_s = -1;
+};
+static_assert(std::is_trivially_copyable_v<ScrapedState>);
+
+class SeqlockState {
+ public:
+  // Single writer (the poller thread).
+  void store(const ScrapedState& s) {
+    uint64_t words[kWords] = {};
+    std::memcpy(words, &s, sizeof s);
+    uint32_t seq = seq_.load(std::memory_order_relaxed);
+    seq_.store(seq + 1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+    for (size_t i = 0; i < kWords; ++i) words_[i].store(words[i], std::memory_order_relaxed);
+    seq_.store(seq + 2, std::memory_order_release);
+  }
+  // Any thread. Never blocks the writer; retries while a write is in progress.
+  ScrapedState load() const {
+    uint64_t words[kWords];
+    for (;;) {
+      uint32_t s1 = seq_.load(std::memory_order_acquire);
+      if (s1 & 1) continue;
+      for (size_t i = 0; i < kWords; ++i) words[i] = words_[i].load(std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (seq_.load(std::memory_order_relaxed) == s1) break;
+    }
+    ScrapedState s;
+    std::memcpy(&s, words, sizeof s);
+    return s;
+  }
+  uint32_t version() const { return seq_.load(std::memory_order_acquire) / 2; }
+
+ private:
+  static constexpr size_t kWords = (sizeof(ScrapedState) + 7) / 8;
+  std::atomic<uint32_t> seq_{0};
+  std::atomic<uint64_t> words_[kWords] = {};
+};
+
+// Dispatch accounting for one replica, summed over all workers of this process.
+struct alignas(64) Dispatch {
+  std::atomic<int64_t> inflight{0};          // routed here, not finished
+  std::atomic<int64_t> prefill_requests{0};  // routed, first token not seen yet
+  std::atomic<int64_t> prefill_tokens{0};    // their estimated prompt tokens
+  std::atomic<int64_t> decode_requests{0};   // first token seen, not finished
+  std::atomic<int64_t> decode_tokens{0};     // estimated output tokens still to come
+};
+
 struct alignas(64) ReplicaSlot {
-  // Health, written by the poller.
+  // Health, written by the poller (independent words: relaxed is enough).
   std::atomic<bool> up{true};
   std::atomic<int64_t> last_health_ms{0};      // mono ms of the last completed check
   std::atomic<int32_t> last_health_status{0};  // HTTP status, or -errno
-  // Dispatch accounting, written by workers.
-  std::atomic<int64_t> inflight{0};
+  SeqlockState scraped;                        // written by the poller
+  Dispatch dispatch;                           // written by workers
 };
 
 class Table {

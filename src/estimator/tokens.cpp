@@ -1,0 +1,110 @@
+#include "estimator/tokens.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+namespace tr::estimator {
+
+namespace {
+
+uint32_t saturate_u32(double x) {
+  constexpr double kMax = std::numeric_limits<uint32_t>::max();
+  if (!(x > 1)) return 1;  // also NaN
+  return x >= kMax ? std::numeric_limits<uint32_t>::max() : static_cast<uint32_t>(x);
+}
+
+}  // namespace
+
+const ModelLearner::Entry& ModelLearner::find(std::string_view model) const {
+  for (size_t i = 0; i < used_; ++i) {
+    const Entry& e = entries_[i];
+    if (e.name_bytes == model.size() && std::memcmp(e.name.data(), model.data(), model.size()) == 0)
+      return e;
+  }
+  return shared_;
+}
+
+ModelLearner::Entry* ModelLearner::find_or_add(std::string_view model) {
+  if (model.empty() || model.size() > kModelNameBytesMax) return nullptr;
+  const Entry& found = find(model);
+  if (&found != &shared_) return const_cast<Entry*>(&found);
+  if (used_ == kModelsMax) return nullptr;
+  Entry& e = entries_[used_++];
+  e = Entry{};
+  std::memcpy(e.name.data(), model.data(), model.size());
+  e.name_bytes = static_cast<uint32_t>(model.size());
+  return &e;
+}
+
+void ModelLearner::learn_prompt(Entry* e, double chars, double tokens) {
+  const double s = std::min(1.0, kObservationTokensMax / tokens);
+  e->chars_sum = kCharsPerTokenDecay * e->chars_sum + s * chars;
+  e->tokens_sum = kCharsPerTokenDecay * e->tokens_sum + s * tokens;
+  const double cpt = (e->chars_sum + kDefaultCharsPerToken * kCharsPerTokenPriorTokens) /
+                     (e->tokens_sum + kCharsPerTokenPriorTokens);
+  e->chars_per_token = std::clamp(cpt, kCharsPerTokenMin, kCharsPerTokenMax);
+}
+
+void ModelLearner::learn_prompt(std::string_view model, double chars, double tokens) {
+  if (!(chars > 0) || !(tokens >= 1)) return;  // also NaN
+  const double ratio = chars / tokens;
+  if (!(ratio >= kObservedCharsPerTokenMin && ratio <= kObservedCharsPerTokenMax)) return;
+  if (Entry* e = find_or_add(model)) learn_prompt(e, chars, tokens);
+  learn_prompt(&shared_, chars, tokens);
+}
+
+void ModelLearner::learn_output(Entry* e, double tokens, bool capped) {
+  // Censored: the natural length is at least <tokens>; news only if above the mean.
+  if (capped && tokens <= e->output_mean_tokens) return;
+  const double alpha = std::max(kOutputAlpha, 1.0 / (static_cast<double>(e->outputs) + 2));
+  e->output_mean_tokens += alpha * (tokens - e->output_mean_tokens);
+  if (e->outputs < std::numeric_limits<uint32_t>::max()) ++e->outputs;
+}
+
+uint32_t ModelLearner::prompt_tokens(const RequestFacts& f) const {
+  double tokens = static_cast<double>(f.prompt_token_ids) +
+                  static_cast<double>(kMessageOverheadTokens) * f.messages;
+  if (f.prompt_chars > 0) {
+    tokens += std::ceil(static_cast<double>(f.prompt_chars) / find(f.model).chars_per_token);
+  }
+  return saturate_u32(tokens);
+}
+
+uint32_t ModelLearner::output_tokens(const RequestFacts& f) const {
+  double mean = find(f.model).output_mean_tokens;
+  if (f.max_tokens > 0) mean = std::min(mean, static_cast<double>(f.max_tokens));
+  return saturate_u32(std::round(mean));
+}
+
+void ModelLearner::observe_usage(std::string_view model, uint64_t prompt_chars, uint32_t messages,
+                                 uint64_t prompt_tokens) {
+  const double overhead = static_cast<double>(kMessageOverheadTokens) * messages;
+  learn_prompt(model, static_cast<double>(prompt_chars),
+               static_cast<double>(prompt_tokens) - overhead);
+}
+
+void ModelLearner::observe_prompt_totals(std::string_view model, double chars_sent_delta,
+                                         double prompt_tokens_delta) {
+  learn_prompt(model, chars_sent_delta, prompt_tokens_delta);
+}
+
+void ModelLearner::observe_finished(std::string_view model, uint32_t completion_tokens,
+                                    int64_t max_tokens) {
+  if (completion_tokens == 0) return;
+  const bool capped = max_tokens > 0 && static_cast<int64_t>(completion_tokens) >= max_tokens;
+  const double tokens = completion_tokens;
+  if (Entry* e = find_or_add(model)) learn_output(e, tokens, capped);
+  learn_output(&shared_, tokens, capped);
+}
+
+double ModelLearner::chars_per_token(std::string_view model) const {
+  return find(model).chars_per_token;
+}
+
+double ModelLearner::output_mean_tokens(std::string_view model) const {
+  return find(model).output_mean_tokens;
+}
+
+}  // namespace tr::estimator

@@ -1,0 +1,140 @@
+// Token estimation: how many prompt tokens a request body is, and how many
+// output tokens it will generate, learned per model from what responses say.
+//
+// One ModelLearner per worker thread (no sharing, no locks). Storage is fixed
+// at construction: up to kModelsMax models, first come first served, each name
+// at most kModelNameBytesMax bytes. Models beyond that, longer names, the empty
+// name and models not observed yet share one entry, which also learns from
+// every observation of every model (it is the mix of the traffic). Lookups
+// compare the name in place (string_view): no allocation, ever.
+//
+// Chars per token (prompt size)
+// -----------------------------
+// Learned as a ratio of decayed running sums over observations (chars, tokens)
+// of prompt text, with a prior of kDefaultCharsPerToken worth
+// kCharsPerTokenPriorTokens tokens:
+//   chars_sum  = decay * chars_sum  + s * chars        decay = kCharsPerTokenDecay
+//   tokens_sum = decay * tokens_sum + s * tokens       s = min(1, kObservationTokensMax / tokens)
+//   chars_per_token = clamp((chars_sum + prior_chars) / (tokens_sum + prior_tokens), 1, 12)
+// An observation weighs by its size (a long prompt says more about the
+// tokenizer than a short one) but never more than kObservationTokensMax, so
+// one huge prompt cannot erase the history. The text's tokens of a chat
+// request are usage.prompt_tokens minus kMessageOverheadTokens per message
+// (the chat template). Observations whose ratio is outside
+// [kObservedCharsPerTokenMin, kObservedCharsPerTokenMax] are ignored (images,
+// token-id prompts, mismatched windows).
+//
+//   prompt_tokens(f) = prompt_token_ids + ceil(prompt_chars / chars_per_token)
+//                      + kMessageOverheadTokens * messages,  at least 1
+//
+// Output tokens
+// -------------
+// A per-model mean of natural output lengths (EWMA, alpha kOutputAlpha after a
+// warm-up where it is the plain mean including the prior kDefaultOutputTokens
+// as one observation). A request that hit its max_tokens cap is a censored
+// observation (its natural length is at least the cap): it moves the mean up
+// to the cap when the cap is above the mean, and says nothing otherwise.
+//
+//   output_tokens(f) = max_tokens > 0 ? min(max_tokens, mean) : mean,  at least 1
+//
+// Why not EWMA(completion / max_tokens) * max_tokens: clients of one model mix
+// (a classifier with max_tokens 16 that always hits it, a chat UI with 4096
+// that stops at 300), and a shared ratio mispredicts both; min(cap, natural
+// mean) is right for both.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "tokenrelay/request_facts.hpp"
+
+namespace tr::estimator {
+
+inline constexpr size_t kModelsMax = 64;
+inline constexpr size_t kModelNameBytesMax = 256;
+
+inline constexpr double kDefaultCharsPerToken = 4.0;
+inline constexpr double kCharsPerTokenMin = 1.0;
+inline constexpr double kCharsPerTokenMax = 12.0;
+inline constexpr double kCharsPerTokenPriorTokens = 64;  // prior's weight
+inline constexpr double kCharsPerTokenDecay = 0.98;      // per observation: memory ~50
+inline constexpr double kObservationTokensMax = 8192;    // one observation's weight cap
+inline constexpr double kObservedCharsPerTokenMin = 0.5;
+inline constexpr double kObservedCharsPerTokenMax = 24.0;
+inline constexpr uint32_t kMessageOverheadTokens = 4;  // chat template, per message
+
+inline constexpr double kDefaultOutputTokens = 256;
+inline constexpr double kOutputAlpha = 0.05;  // EWMA weight once warm (memory ~20)
+
+static_assert(kCharsPerTokenMin <= kDefaultCharsPerToken &&
+              kDefaultCharsPerToken <= kCharsPerTokenMax);
+static_assert(kCharsPerTokenDecay > 0 && kCharsPerTokenDecay < 1);
+static_assert(kOutputAlpha > 0 && kOutputAlpha < 1);
+
+class ModelLearner {
+ public:
+  ModelLearner() = default;
+
+  // Estimated prompt tokens of a request (formula above), from its model's
+  // entry. Saturates at UINT32_MAX; at least 1.
+  uint32_t prompt_tokens(const RequestFacts& f) const;
+
+  // Estimated output tokens of a request (formula above); at least 1 and at
+  // most max_tokens when that is positive.
+  uint32_t output_tokens(const RequestFacts& f) const;
+
+  // A response's usage: <prompt_chars> and <messages> as the request's facts
+  // counted them, <prompt_tokens> from usage.prompt_tokens. Ignored when the
+  // chars or the text's tokens are 0 or their ratio is implausible.
+  void observe_usage(std::string_view model, uint64_t prompt_chars, uint32_t messages,
+                     uint64_t prompt_tokens);
+
+  // A request that finished normally (not aborted): <completion_tokens> as
+  // counted from the relayed events or usage, <max_tokens> as requested (-1 or
+  // 0: none). completion_tokens == 0 is ignored.
+  void observe_finished(std::string_view model, uint32_t completion_tokens, int64_t max_tokens);
+
+  // Counter deltas over one scrape window of a replica serving <model>: the
+  // prompt chars sent to it (by all workers) and vllm:prompt_tokens_total's
+  // delta. Both must cover the same traffic. Treated like one usage
+  // observation without messages (the template overhead is not separated,
+  // which biases chars/token down by a few percent). Negative, NaN or zero
+  // deltas (a counter reset, an idle window) are ignored.
+  void observe_prompt_totals(std::string_view model, double chars_sent_delta,
+                             double prompt_tokens_delta);
+
+  // The current estimates for <model> (the shared entry's when it has none).
+  double chars_per_token(std::string_view model) const;
+  double output_mean_tokens(std::string_view model) const;
+
+  // Models with an entry of their own (<= kModelsMax).
+  size_t models() const { return used_; }
+
+ private:
+  struct Entry {
+    double chars_sum = 0;   // decayed
+    double tokens_sum = 0;  // decayed
+    double chars_per_token = kDefaultCharsPerToken;
+    double output_mean_tokens = kDefaultOutputTokens;
+    uint32_t outputs = 0;  // observations taken into the mean (saturating)
+    uint32_t name_bytes = 0;
+    std::array<char, kModelNameBytesMax> name{};
+  };
+
+  // The model's entry, or the shared one.
+  const Entry& find(std::string_view model) const;
+  // The model's entry, created when there is room; nullptr when the model
+  // must use the shared entry.
+  Entry* find_or_add(std::string_view model);
+  void learn_prompt(std::string_view model, double chars, double tokens);
+  static void learn_prompt(Entry* e, double chars, double tokens);
+  static void learn_output(Entry* e, double tokens, bool capped);
+
+  std::array<Entry, kModelsMax> entries_;
+  Entry shared_;
+  size_t used_ = 0;
+};
+
+}  // namespace tr::estimator

@@ -1,0 +1,631 @@
+// Estimator (src/estimator): token estimation, step-time calibration and the
+// latency model. Pure code: no sockets, no clocks (except the [.perf] timing).
+#include <atomic>
+#include <catch.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <new>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "estimator/calibration.hpp"
+#include "estimator/predict.hpp"
+#include "estimator/tokens.hpp"
+
+using tr::RequestFacts;
+using tr::estimator::CalibrationOptions;
+using tr::estimator::kv_penalty;
+using tr::estimator::ModelLearner;
+using tr::estimator::predict;
+using tr::estimator::Prediction;
+using tr::estimator::ReplicaLoad;
+using tr::estimator::RequestCost;
+using tr::estimator::StepCalibrator;
+
+// Counts every allocation in this binary, to check the hot paths make none.
+// All replaceable forms but the aligned ones are replaced, so that a sanitizer
+// sees matching malloc / free pairs.
+namespace {
+std::atomic<uint64_t> g_allocations{0};
+
+void* counted_malloc(size_t n) noexcept {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  return std::malloc(n ? n : 1);
+}
+}  // namespace
+
+[[gnu::noinline]] void* operator new(size_t n) {
+  if (void* p = counted_malloc(n)) return p;
+  throw std::bad_alloc();
+}
+[[gnu::noinline]] void* operator new[](size_t n) {
+  if (void* p = counted_malloc(n)) return p;
+  throw std::bad_alloc();
+}
+[[gnu::noinline]] void* operator new(size_t n, const std::nothrow_t&) noexcept {
+  return counted_malloc(n);
+}
+[[gnu::noinline]] void* operator new[](size_t n, const std::nothrow_t&) noexcept {
+  return counted_malloc(n);
+}
+[[gnu::noinline]] void operator delete(void* p) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete[](void* p) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete(void* p, size_t) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete[](void* p, size_t) noexcept {
+  std::free(p);
+}
+
+namespace {
+
+constexpr double kA = 0.015;  // default step base
+constexpr double kB = 40e-6;  // default per-token cost
+
+RequestFacts facts(const char* model, uint64_t chars, uint32_t messages = 0,
+                   int64_t max_tokens = -1) {
+  RequestFacts f;
+  f.json_ok = true;
+  f.model = model;
+  f.prompt_chars = chars;
+  f.messages = messages;
+  f.max_tokens = max_tokens;
+  return f;
+}
+
+bool sane(const Prediction& p) {
+  return std::isfinite(p.ttft_s) && std::isfinite(p.completion_s) && p.ttft_s >= 0 &&
+         p.completion_s >= 0 && p.ttft_s <= p.completion_s;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Prediction
+
+TEST_CASE("idle replica: TTFT is one step of the prompt", "[estimator][predict]") {
+  ReplicaLoad r;  // defaults: B 2048, S 256, a 15 ms, b 40 us, nothing running
+  Prediction p = predict(r, {1000, 100});
+  // D = 0, C = 2048, n = ceil(1000 / 2048) = 1: ttft = a + b * 1000 = 0.015 + 0.040
+  CHECK(p.ttft_s == Approx(0.055));
+  // decode batch Dq = min(0 + 0 + 1, 256) = 1, itl = a + b = 0.01504;
+  // completion = 0.055 + 99 * 0.01504 = 0.055 + 1.48896
+  CHECK(p.completion_s == Approx(1.54396));
+
+  // A prompt longer than the budget spans steps: n = ceil(5000 / 2048) = 3,
+  // ttft = 3 * a + b * 5000 = 0.045 + 0.2
+  CHECK(predict(r, {5000, 1}).ttft_s == Approx(0.245));
+  // One output token: completion == ttft.
+  Prediction one = predict(r, {5000, 1});
+  CHECK(one.completion_s == Approx(one.ttft_s));
+}
+
+TEST_CASE("a 30k-token prefill ahead delays a short request by ~30000/C full steps",
+          "[estimator][predict]") {
+  ReplicaLoad r;
+  r.running = 4;
+  r.prefill_tokens_queued = 30000;
+  Prediction p = predict(r, {100, 1});
+  // D = 4, C = 2044, P = 30100, n = ceil(14.726) = 15:
+  // ttft = 15 * (a + 4b) + b * 30100 = 15 * 0.01516 + 1.204 = 0.2274 + 1.204
+  CHECK(p.ttft_s == Approx(1.4314));
+  // The rule of thumb: 30000 / C = 14.677 steps of full-budget time
+  // step(2048) = 0.015 + 0.08192 = 0.09692 s -> 1.4225 s.
+  CHECK(p.ttft_s == Approx(30000.0 / 2044 * (kA + kB * 2048)).epsilon(0.02));
+  // Without the prefill ahead: one step, a + b * (4 + 100) = 0.01916.
+  r.prefill_tokens_queued = 0;
+  CHECK(predict(r, {100, 1}).ttft_s == Approx(0.01916));
+}
+
+TEST_CASE("a replica with twice the step time predicts twice the latency", "[estimator][predict]") {
+  ReplicaLoad r;
+  r.running = 30;
+  r.waiting = 3;
+  r.prefill_tokens_queued = 7000;
+  r.decode_tokens_remaining = 3000;
+  ReplicaLoad slow = r;
+  slow.step_base_s = 2 * r.step_base_s;
+  slow.step_per_token_s = 2 * r.step_per_token_s;
+  Prediction p = predict(r, {800, 200});
+  Prediction q = predict(slow, {800, 200});
+  CHECK(q.ttft_s == Approx(2 * p.ttft_s));
+  CHECK(q.completion_s == Approx(2 * p.completion_s));
+}
+
+TEST_CASE("predictions are monotonic in the queue", "[estimator][predict]") {
+  const RequestCost q{500, 200};
+  SECTION("prefill tokens queued") {
+    ReplicaLoad r;
+    r.running = 10;
+    Prediction last = predict(r, q);
+    for (double t = 0; t <= 200000; t += 777) {
+      r.prefill_tokens_queued = t;
+      Prediction p = predict(r, q);
+      CHECK(p.ttft_s >= last.ttft_s);
+      CHECK(p.completion_s >= last.completion_s);
+      last = p;
+    }
+    CHECK(last.ttft_s > 10 * predict(ReplicaLoad{}, q).ttft_s);
+  }
+  SECTION("waiting requests, through saturation") {
+    ReplicaLoad r;
+    r.max_num_seqs = 64;
+    r.running = 40;
+    r.decode_tokens_remaining = 40 * 150;
+    Prediction last = predict(r, q);
+    for (int w = 0; w <= 200; ++w) {
+      r.waiting = w;
+      r.prefill_tokens_queued = 500.0 * w;
+      Prediction p = predict(r, q);
+      CHECK(p.ttft_s >= last.ttft_s);
+      CHECK(p.completion_s >= last.completion_s);
+      last = p;
+    }
+  }
+  SECTION("running requests (with their remaining output)") {
+    ReplicaLoad r;
+    r.max_num_seqs = 64;
+    Prediction last = predict(r, q);
+    for (int n = 0; n <= 100; ++n) {
+      r.running = n;
+      r.decode_tokens_remaining = 150.0 * n;
+      Prediction p = predict(r, q);
+      CHECK(p.ttft_s >= last.ttft_s);
+      CHECK(p.completion_s >= last.completion_s);
+      last = p;
+    }
+  }
+}
+
+TEST_CASE("KV penalty: none below the knee, monotonic, steep near full", "[estimator][predict]") {
+  CHECK(kv_penalty(-1) == 1.0);
+  CHECK(kv_penalty(std::nan("")) == 1.0);
+  CHECK(kv_penalty(0) == 1.0);
+  CHECK(kv_penalty(0.85) == 1.0);
+  // 1 + 10 * 0.05^2 / (1 - 0.90 + 0.01) = 1 + 0.025 / 0.11
+  CHECK(kv_penalty(0.90) == Approx(1.227273).epsilon(1e-5));
+  // 1 + 10 * 0.10^2 / (1 - 0.95 + 0.01) = 1 + 0.1 / 0.06
+  CHECK(kv_penalty(0.95) == Approx(2.666667).epsilon(1e-5));
+  CHECK(kv_penalty(0.99) == tr::estimator::kKvPenaltyMax);
+  CHECK(kv_penalty(1.0) == tr::estimator::kKvPenaltyMax);
+  CHECK(kv_penalty(7.0) == tr::estimator::kKvPenaltyMax);
+  double last = 1;
+  for (double u = 0; u <= 1.0001; u += 0.001) {
+    double k = kv_penalty(u);
+    CHECK(k >= last);
+    last = k;
+  }
+  // Steep near 1: the 0.93 -> 0.95 rise is over 10x the 0.87 -> 0.89 rise.
+  // 0.95 -> 0.97: 2.667 -> 4.6; 0.87 -> 0.89: 1.0148 -> 1.12 (18x).
+  CHECK(kv_penalty(0.97) - kv_penalty(0.95) > 10 * (kv_penalty(0.89) - kv_penalty(0.87)));
+
+  ReplicaLoad r;
+  r.running = 8;
+  Prediction base = predict(r, {1000, 100});
+  r.kv_usage = 0.95;
+  Prediction hot = predict(r, {1000, 100});
+  CHECK(hot.completion_s == Approx(base.completion_s * 2.666667).epsilon(1e-5));
+  // TTFT takes half of the penalty: 1 + 0.5 * 1.666667
+  CHECK(hot.ttft_s == Approx(base.ttft_s * 1.833333).epsilon(1e-5));
+}
+
+TEST_CASE("max_num_seqs saturation adds the wait for a slot", "[estimator][predict]") {
+  ReplicaLoad r;
+  r.max_num_seqs = 8;
+  r.running = 8;
+  r.decode_tokens_remaining = 800;  // 100 tokens left per running request
+  ReplicaLoad roomy = r;
+  roomy.max_num_seqs = 16;
+  // Prefill (both): D = 8, C = 2040, n = 1: a + b * (8 + 100) = 0.01932.
+  CHECK(predict(roomy, {100, 1}).ttft_s == Approx(0.01932));
+  // Slot wait: excess = 8 + 0 + 1 - 8 = 1, m = 800 / 8 = 100,
+  // 1 * 100 / 8 = 12.5 steps of step(8) = a + 8b = 0.01532 -> 0.1915.
+  CHECK(predict(r, {100, 1}).ttft_s == Approx(0.01932 + 0.1915));
+  // Four more waiting ahead: excess 5 -> 5 * 0.1915; their prompts are not
+  // in prefill_tokens_queued here, so the prefill part is unchanged.
+  r.waiting = 4;
+  CHECK(predict(r, {100, 1}).ttft_s == Approx(0.01932 + 5 * 0.1915));
+  // Remaining output unknown: m = 128, excess 1 (nothing waiting):
+  // 1 * 128 / 8 = 16 steps of 0.01532 = 0.24512.
+  r.waiting = 0;
+  r.decode_tokens_remaining = 0;
+  CHECK(predict(r, {100, 1}).ttft_s == Approx(0.01932 + 0.24512));
+}
+
+TEST_CASE("prediction is total: finite, non-negative, TTFT <= completion", "[estimator][predict]") {
+  const double inf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double specials[] = {
+      nan,  inf, -inf, -1, 0, 1e-300, 0.5, 1, 1e12, 1e300, std::numeric_limits<double>::max(),
+      -1e-9};
+  std::mt19937_64 rng(12345);
+  auto pick = [&](double lo, double hi) {
+    std::uniform_int_distribution<int> coin(0, 3);
+    if (coin(rng) == 0) {
+      std::uniform_int_distribution<size_t> i(0, std::size(specials) - 1);
+      return specials[i(rng)];
+    }
+    return std::uniform_real_distribution<double>(lo, hi)(rng);
+  };
+  auto pick_u32 = [&](uint32_t hi) {
+    std::uniform_int_distribution<int> coin(0, 5);
+    switch (coin(rng)) {
+      case 0:
+        return uint32_t{0};
+      case 1:
+        return std::numeric_limits<uint32_t>::max();
+      case 2:
+        return uint32_t{1};
+      default:
+        return std::uniform_int_distribution<uint32_t>(1, hi)(rng);
+    }
+  };
+  for (int i = 0; i < 5000; ++i) {
+    ReplicaLoad r;
+    r.budget_tokens = pick_u32(16384);
+    r.max_num_seqs = pick_u32(1024);
+    r.step_base_s = pick(0, 0.1);
+    r.step_per_token_s = pick(0, 1e-4);
+    r.running = pick(0, 600);
+    r.waiting = pick(0, 600);
+    r.prefill_tokens_queued = pick(0, 1e6);
+    r.decode_tokens_remaining = pick(0, 1e6);
+    r.kv_usage = pick(-1, 1.2);
+    RequestCost q{pick_u32(200000), pick_u32(32768)};
+    Prediction p = predict(r, q);
+    INFO("i=" << i << " budget=" << r.budget_tokens << " seqs=" << r.max_num_seqs
+              << " a=" << r.step_base_s << " b=" << r.step_per_token_s << " running=" << r.running
+              << " waiting=" << r.waiting << " prefill=" << r.prefill_tokens_queued
+              << " decode=" << r.decode_tokens_remaining << " kv=" << r.kv_usage
+              << " prompt=" << q.prompt_tokens << " output=" << q.output_tokens
+              << " -> ttft=" << p.ttft_s << " completion=" << p.completion_s);
+    REQUIRE(sane(p));
+  }
+}
+
+TEST_CASE("predict and learner lookups do not allocate", "[estimator]") {
+  ModelLearner learner;
+  learner.observe_usage("m", 3000, 0, 1000);
+  learner.observe_finished("m", 100, -1);
+  RequestFacts f = facts("m", 4000, 2, 500);
+  ReplicaLoad r;
+  r.running = 12;
+  r.prefill_tokens_queued = 9000;
+  double sink = 0;
+  uint64_t before = g_allocations.load();
+  for (int i = 0; i < 1000; ++i) {
+    RequestCost q{learner.prompt_tokens(f), learner.output_tokens(f)};
+    sink += predict(r, q).completion_s;
+    learner.observe_usage("m", 3000 + i, 1, 1000);
+    learner.observe_finished("m", 90 + i % 20, 500);
+  }
+  uint64_t after = g_allocations.load();
+  CHECK(after == before);
+  CHECK(sink > 0);
+}
+
+TEST_CASE("predict() cost", "[.perf][estimator]") {
+  std::vector<ReplicaLoad> loads(64);
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> u(0, 1);
+  for (ReplicaLoad& r : loads) {
+    r.running = 200 * u(rng);
+    r.waiting = 20 * u(rng);
+    r.prefill_tokens_queued = 50000 * u(rng);
+    r.decode_tokens_remaining = 40000 * u(rng);
+    r.kv_usage = u(rng);
+    r.step_base_s = 0.01 + 0.02 * u(rng);
+  }
+  constexpr int kCalls = 20'000'000;
+  double sink = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < kCalls; ++i) {
+    Prediction p = predict(loads[i & 63], {static_cast<uint32_t>(100 + (i & 1023)), 200});
+    sink += p.completion_s + p.ttft_s;
+  }
+  auto t1 = std::chrono::steady_clock::now();
+  double ns = std::chrono::duration<double, std::nano>(t1 - t0).count() / kCalls;
+  std::printf("predict(): %.1f ns/call (sink %g)\n", ns, sink);
+  CHECK(ns < 100);
+}
+
+// ---------------------------------------------------------------------------
+// Token estimation
+
+TEST_CASE("token estimates before any observation use the defaults", "[estimator][tokens]") {
+  ModelLearner l;
+  CHECK(l.chars_per_token("m") == 4.0);
+  CHECK(l.output_mean_tokens("m") == 256.0);
+  CHECK(l.prompt_tokens(facts("m", 1000)) == 250);     // ceil(1000 / 4)
+  CHECK(l.prompt_tokens(facts("m", 1001)) == 251);     // ceil(250.25)
+  CHECK(l.prompt_tokens(facts("m", 1000, 2)) == 258);  // + 4 per chat message
+  CHECK(l.prompt_tokens(facts("m", 0)) == 1);          // never 0
+  RequestFacts ids = facts("m", 0);
+  ids.prompt_token_ids = 300;
+  CHECK(l.prompt_tokens(ids) == 300);  // token ids are exact
+  RequestFacts huge = facts("m", std::numeric_limits<uint64_t>::max());
+  CHECK(l.prompt_tokens(huge) == std::numeric_limits<uint32_t>::max());  // saturates
+  CHECK(l.output_tokens(facts("m", 10)) == 256);
+  CHECK(l.output_tokens(facts("m", 10, 0, 100)) == 100);  // min(cap, mean)
+  CHECK(l.output_tokens(facts("m", 10, 0, 4096)) == 256);
+  CHECK(l.output_tokens(facts("m", 10, 0, 0)) == 256);  // 0 reads as no cap
+  CHECK(l.models() == 0);
+}
+
+TEST_CASE("chars per token is learned per model", "[estimator][tokens]") {
+  ModelLearner l;
+  for (int i = 0; i < 200; ++i) {
+    l.observe_usage("a", 3000, 0, 1000);  // 3.0
+    l.observe_usage("b", 2500, 5, 520);   // chat: 520 - 5 * 4 = 500 text tokens -> 5.0
+  }
+  // Decayed sums after 200 observations: T = 1000 * (1 - 0.98^200) / 0.02 = 49121;
+  // (3 * T + 4 * 64) / (T + 64) = 3.0013.
+  CHECK(l.chars_per_token("a") == Approx(3.0).epsilon(0.002));
+  CHECK(l.chars_per_token("b") == Approx(5.0).epsilon(0.003));
+  CHECK(l.prompt_tokens(facts("a", 3000)) == 1000);  // ceil(3000 / 3.0013) = ceil(999.6)
+  // b: T = 500 * (1 - 0.98^200) / 0.02 = 24560, (5 * T + 256) / (T + 64) = 4.9974,
+  // ceil(5000 / 4.9974) = 1001, + 3 messages * 4.
+  CHECK(l.prompt_tokens(facts("b", 5000, 3)) == 1001 + 12);
+  CHECK(l.models() == 2);
+  // A model never observed uses the shared entry: the mix of a and b, weighted
+  // by tokens (1000 at 3.0, 500 at 5.0): (3000 + 2500) / 1500 = 3.667.
+  CHECK(l.chars_per_token("c") == Approx(3.667).epsilon(0.003));
+  CHECK(l.chars_per_token("") == l.chars_per_token("c"));
+}
+
+TEST_CASE("chars per token: bounds, garbage and outsized observations", "[estimator][tokens]") {
+  SECTION("clamped into [1, 12]") {
+    ModelLearner l;
+    for (int i = 0; i < 300; ++i)
+      l.observe_usage("wide", 20000, 0, 1000);  // 20 chars/token: plausible, clamped
+    CHECK(l.chars_per_token("wide") == 12.0);
+    for (int i = 0; i < 300; ++i)
+      l.observe_usage("narrow", 800, 0, 1000);  // 0.8
+    CHECK(l.chars_per_token("narrow") == 1.0);
+  }
+  SECTION("implausible or empty observations are ignored") {
+    ModelLearner l;
+    l.observe_usage("m", 300, 0, 1000);    // 0.3 chars/token: an image, token ids
+    l.observe_usage("m", 30000, 0, 1000);  // 30
+    l.observe_usage("m", 0, 0, 1000);
+    l.observe_usage("m", 1000, 0, 0);
+    l.observe_usage("m", 1000, 10, 30);  // fewer tokens than the template overhead
+    l.observe_prompt_totals("m", -5000, 1000);
+    l.observe_prompt_totals("m", 5000, -1000);
+    l.observe_prompt_totals("m", std::nan(""), 1000);
+    l.observe_prompt_totals("m", 5000, std::numeric_limits<double>::infinity());
+    CHECK(l.chars_per_token("m") == 4.0);
+    CHECK(l.models() == 0);
+  }
+  SECTION("one huge prompt does not erase the history") {
+    ModelLearner l;
+    for (int i = 0; i < 100; ++i)
+      l.observe_usage("m", 3000, 0, 1000);
+    l.observe_usage("m", 6'000'000, 0, 1'000'000);  // 6.0, weighs as 8192 tokens
+    // T = 1000 * (1 - 0.98^100) / 0.02 = 43369; after: 0.98 T = 42502 at 3.0 plus
+    // 8192 at 6.0 -> (127506 + 49152 + 256) / (42502 + 8192 + 64) = 3.485
+    CHECK(l.chars_per_token("m") == Approx(3.485).epsilon(0.003));
+  }
+  SECTION("scrape totals") {
+    ModelLearner l;
+    for (int i = 0; i < 100; ++i)
+      l.observe_prompt_totals("m", 350000, 100000);  // 3.5, each weighs 8192 tokens
+    CHECK(l.chars_per_token("m") == Approx(3.5).epsilon(0.002));
+  }
+}
+
+TEST_CASE("the model table is bounded; later models share one entry", "[estimator][tokens]") {
+  ModelLearner l;
+  std::vector<std::string> names;
+  for (size_t i = 0; i < tr::estimator::kModelsMax + 10; ++i)
+    names.push_back("org/model-" + std::to_string(i));
+  for (size_t i = 0; i < names.size(); ++i)
+    l.observe_usage(names[i], i < tr::estimator::kModelsMax ? 2000 : 8000, 0, 1000);
+  CHECK(l.models() == tr::estimator::kModelsMax);
+  CHECK(l.chars_per_token(names[0]) == Approx((2000 + 256) / 1064.0));
+  CHECK(l.chars_per_token(names[tr::estimator::kModelsMax - 1]) == Approx((2000 + 256) / 1064.0));
+  // The overflow ones read the shared entry (all 74 observations).
+  CHECK(l.chars_per_token(names.back()) == l.chars_per_token("never-seen"));
+  CHECK(l.chars_per_token(names.back()) > 2.0);
+  // A name longer than kModelNameBytesMax never gets an entry.
+  ModelLearner m;
+  std::string long_name(tr::estimator::kModelNameBytesMax + 1, 'x');
+  m.observe_usage(long_name, 3000, 0, 1000);
+  CHECK(m.models() == 0);
+  std::string max_name(tr::estimator::kModelNameBytesMax, 'y');
+  m.observe_usage(max_name, 3000, 0, 1000);
+  CHECK(m.models() == 1);
+}
+
+TEST_CASE("output tokens: natural mean, capped by max_tokens, censoring", "[estimator][tokens]") {
+  ModelLearner l;
+  l.observe_finished("m", 100, -1);
+  // Warm-up: the prior counts as one observation: 256 + (100 - 256) / 2 = 178.
+  CHECK(l.output_mean_tokens("m") == Approx(178));
+  for (int i = 0; i < 200; ++i)
+    l.observe_finished("m", 300, 4096);  // stops naturally at 300
+  CHECK(l.output_mean_tokens("m") == Approx(300).epsilon(0.001));
+  CHECK(l.output_tokens(facts("m", 10)) == 300);
+  CHECK(l.output_tokens(facts("m", 10, 0, 4096)) == 300);
+  CHECK(l.output_tokens(facts("m", 10, 0, 16)) == 16);
+  // A classifier that always hits max_tokens 16: censored below the mean, no news.
+  for (int i = 0; i < 200; ++i)
+    l.observe_finished("m", 16, 16);
+  CHECK(l.output_mean_tokens("m") == Approx(300).epsilon(0.001));
+  CHECK(l.output_tokens(facts("m", 10, 0, 16)) == 16);
+  // Requests cut off at 2048 say the natural length is longer: the mean rises.
+  for (int i = 0; i < 20; ++i)
+    l.observe_finished("m", 2048, 2048);
+  CHECK(l.output_mean_tokens("m") > 1000);
+  CHECK(l.output_mean_tokens("m") < 2048);
+  // Zero tokens (nothing learned) is ignored.
+  double before = l.output_mean_tokens("m");
+  l.observe_finished("m", 0, -1);
+  CHECK(l.output_mean_tokens("m") == before);
+  // Other models are untouched, the shared entry saw everything.
+  CHECK(l.output_mean_tokens("other") != 256.0);
+  ModelLearner fresh;
+  fresh.observe_finished("x", 50, -1);
+  CHECK(fresh.output_mean_tokens("y") == Approx(153));  // shared: 256 + (50 - 256) / 2
+}
+
+// ---------------------------------------------------------------------------
+// Calibration
+
+namespace {
+
+struct Engine {
+  double base_s;
+  double per_token_s;
+};
+
+// Feeds <cal> one scrape interval of an engine that ran <decodes> decodes and
+// <prefill> prefill tokens in every step for <busy> of <interval_s>, its mean
+// step time off by <noise> (relative). Prompts are 1000 tokens.
+bool feed(StepCalibrator* cal, const Engine& e, double decodes, double prefill, double noise,
+          double interval_s = 5.0, double busy = 1.0) {
+  double step_s = e.base_s + e.per_token_s * (decodes + prefill);
+  double steps = busy * interval_s / step_s;
+  double itl_count = steps * decodes;
+  double itl_sum = itl_count * step_s * (1 + noise);
+  double prompt = steps * prefill;
+  double first = prompt / 1000;
+  return cal->observe(interval_s, itl_sum, itl_count, first * 0.2, first, prompt, itl_count + first,
+                      decodes);
+}
+
+}  // namespace
+
+TEST_CASE("calibration starts at the prior", "[estimator][calibration]") {
+  StepCalibrator cal;
+  CHECK(cal.step_base_s() == kA);
+  CHECK(cal.step_per_token_s() == kB);
+  CHECK(cal.step_time_s(1000) == Approx(kA + 1000 * kB));
+  CHECK(cal.samples() == 0);
+  CalibrationOptions o;
+  o.base_prior_s = 0.030;
+  o.per_token_prior_s = 20e-6;
+  StepCalibrator custom(o);
+  CHECK(custom.step_base_s() == 0.030);
+  CHECK(custom.step_per_token_s() == 20e-6);
+  o.base_prior_s = -1;  // out of range: the default
+  o.forgetting = 7;
+  StepCalibrator fixed(o);
+  CHECK(fixed.step_base_s() == kA);
+}
+
+TEST_CASE("calibration converges to the engine's a and b under noise", "[estimator][calibration]") {
+  const Engine e{0.022, 55e-6};
+  StepCalibrator cal;
+  std::mt19937_64 rng(42);
+  std::uniform_real_distribution<double> d(1, 128);
+  std::uniform_real_distribution<double> p01(0, 1);
+  std::uniform_real_distribution<double> noise(-0.05, 0.05);
+  for (int i = 0; i < 300; ++i) {
+    double decodes = d(rng);
+    double prefill = p01(rng) < 0.3 ? 0 : p01(rng) * (2048 - decodes);
+    REQUIRE(feed(&cal, e, decodes, prefill, noise(rng)));
+  }
+  CHECK(cal.samples() == 300);
+  CHECK(cal.step_base_s() == Approx(e.base_s).epsilon(0.10));
+  CHECK(cal.step_per_token_s() == Approx(e.per_token_s).epsilon(0.05));
+  CHECK(cal.step_time_s(2048) == Approx(e.base_s + 2048 * e.per_token_s).epsilon(0.03));
+  CHECK(cal.itl_mean_s() > 0);
+  CHECK(cal.ttft_mean_s() == Approx(0.2));
+}
+
+TEST_CASE("calibration tracks a change (forgetting)", "[estimator][calibration]") {
+  StepCalibrator cal;
+  std::mt19937_64 rng(3);
+  std::uniform_real_distribution<double> d(1, 64);
+  std::uniform_real_distribution<double> p(0, 1900);
+  for (int i = 0; i < 200; ++i)
+    feed(&cal, {0.010, 20e-6}, d(rng), p(rng), 0);
+  CHECK(cal.step_base_s() == Approx(0.010).epsilon(0.05));
+  CHECK(cal.step_per_token_s() == Approx(20e-6).epsilon(0.05));
+  for (int i = 0; i < 200; ++i)
+    feed(&cal, {0.030, 60e-6}, d(rng), p(rng), 0);
+  CHECK(cal.step_base_s() == Approx(0.030).epsilon(0.05));
+  CHECK(cal.step_per_token_s() == Approx(60e-6).epsilon(0.05));
+}
+
+TEST_CASE("calibration is stable when samples lack variety", "[estimator][calibration]") {
+  const Engine e{0.020, 30e-6};  // step(1000) = 0.050; the prior says 0.055
+  StepCalibrator cal;
+  for (int i = 0; i < 2000; ++i)
+    REQUIRE(feed(&cal, e, 20, 980, 0));
+  // Exact where the samples are; elsewhere the slope leans on the prior
+  // (40 us/token), so neither parameter has run away.
+  CHECK(cal.step_time_s(1000) == Approx(0.050).epsilon(0.01));
+  CHECK(cal.step_base_s() > 0.005);
+  CHECK(cal.step_base_s() < 0.030);
+  CHECK(cal.step_per_token_s() > 10e-6);
+  CHECK(cal.step_per_token_s() < 60e-6);
+}
+
+TEST_CASE("calibration counts steps from the batch when the engine idled",
+          "[estimator][calibration]") {
+  const Engine e{0.018, 45e-6};
+  StepCalibrator cal;
+  std::mt19937_64 rng(9);
+  std::uniform_real_distribution<double> d(1, 128);
+  std::uniform_real_distribution<double> p(0, 1900);
+  std::uniform_real_distribution<double> busy(0.2, 1.0);
+  for (int i = 0; i < 300; ++i)
+    REQUIRE(feed(&cal, e, d(rng), p(rng), 0, 5.0, busy(rng)));
+  CHECK(cal.step_base_s() == Approx(e.base_s).epsilon(0.05));
+  CHECK(cal.step_per_token_s() == Approx(e.per_token_s).epsilon(0.05));
+}
+
+TEST_CASE("calibration ignores garbage intervals", "[estimator][calibration]") {
+  StepCalibrator cal;
+  std::mt19937_64 rng(5);
+  std::uniform_real_distribution<double> d(1, 64);
+  std::uniform_real_distribution<double> p(0, 1900);
+  for (int i = 0; i < 100; ++i)
+    feed(&cal, {0.012, 35e-6}, d(rng), p(rng), 0);
+  const double a = cal.step_base_s();
+  const double b = cal.step_per_token_s();
+  const uint32_t n = cal.samples();
+  const double nan = std::nan("");
+  const double inf = std::numeric_limits<double>::infinity();
+  // interval, itl_sum, itl_count, ttft_sum, ttft_count, prompt, generation, running
+  CHECK_FALSE(cal.observe(5, 0, 0, 0, 0, 0, 0, 0));             // idle
+  CHECK_FALSE(cal.observe(5, 0.1, 3, 0, 0, 100, 3, 1));         // too few events
+  CHECK_FALSE(cal.observe(5, -3, -200, 0, 0, -1e6, -1e5, 10));  // counter reset
+  CHECK_FALSE(cal.observe(5, 2, 100, 0, 0, -5000, 100, 10));    // prompt counter reset
+  CHECK_FALSE(cal.observe(5, 2, 100, -1, -3, 5000, 100, 10));   // ttft histogram reset
+  CHECK_FALSE(cal.observe(0, 2, 100, 0, 0, 5000, 100, 10));     // no time passed
+  CHECK_FALSE(cal.observe(-5, 2, 100, 0, 0, 5000, 100, 10));
+  CHECK_FALSE(cal.observe(nan, 2, 100, 0, 0, 5000, 100, 10));
+  CHECK_FALSE(cal.observe(5, nan, 100, 0, 0, 5000, 100, 10));
+  CHECK_FALSE(cal.observe(5, 2, inf, 0, 0, 5000, 100, 10));
+  CHECK_FALSE(cal.observe(5, 2, 100, 0, 0, inf, 100, 10));
+  CHECK_FALSE(cal.observe(5, 0, 100, 0, 0, 5000, 100, 10));     // zero ITL sum
+  CHECK_FALSE(cal.observe(5, 1000, 100, 0, 0, 5000, 100, 10));  // 10 s steps in 5 s
+  CHECK_FALSE(cal.observe(5, 2, 100, 0, 0, 0, 0, 10));          // no tokens counted
+  CHECK_FALSE(cal.observe(5, 2, 100, 0, 0, 1e300, 100, 10));    // absurd token count
+  CHECK(cal.samples() == n);
+  CHECK(cal.ignored() == 15);
+  CHECK(cal.step_base_s() == a);
+  CHECK(cal.step_per_token_s() == b);
+  CHECK(cal.itl_mean_s() == Approx(0.02));  // the last interval's own mean, sample or not
+  CHECK(cal.ttft_mean_s() == -1);
+}
+
+TEST_CASE("calibration clamps an absurd but consistent engine", "[estimator][calibration]") {
+  StepCalibrator cal;
+  for (int i = 0; i < 200; ++i)
+    feed(&cal, {4.0, 0}, 10, 0, 0, 100.0);  // 4 s per step whatever it holds
+  CHECK(cal.step_base_s() == tr::estimator::kStepBaseMaxS);
+  CHECK(cal.step_per_token_s() >= tr::estimator::kStepPerTokenMinS);
+  CHECK(std::isfinite(cal.step_time_s(1e6)));
+}

@@ -1,0 +1,745 @@
+// Prometheus text parser and vLLM /metrics reader, on bytes in the shape real
+// servers send. Fixtures (tests/unit/fixtures/):
+//   vllm_v1_2engines.prom  vLLM V1 (0.10/0.11 line), two data-parallel engines;
+//                          written by gen_vllm_fixtures.py from hand-picked numbers
+//   vllm_v0.prom           vLLM V0 (0.6 line): older names, no engine label; same script
+//   vllm_sim_2engines.prom `build/vllm-sim --port 0 --engines 2` after 7 requests,
+//                          saved with `curl -s http://127.0.0.1:PORT/metrics`
+// The expected numbers below are the hand-picked per-engine values, summed.
+#include <unistd.h>
+
+#include <atomic>
+#include <catch.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <new>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "poller/prom.hpp"
+#include "poller/vllm_metrics.hpp"
+#include "tokenrelay/engine_metrics.hpp"
+
+// ---------------------------------------------------------------------------
+// Allocation counter: this binary's operator new counts while g_counting is
+// set, so a test can prove a parse allocates nothing.
+namespace {
+std::atomic<bool> g_counting{false};
+std::atomic<size_t> g_allocs{0};
+}  // namespace
+
+// noinline: GCC 12 otherwise sees free() meet a pointer from operator new once
+// both are inlined into a caller, and warns (-Wmismatched-new-delete).
+[[gnu::noinline]] void* operator new(size_t n) {
+  if (g_counting.load(std::memory_order_relaxed)) g_allocs.fetch_add(1);
+  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+[[gnu::noinline]] void* operator new[](size_t n) {
+  return operator new(n);
+}
+[[gnu::noinline]] void operator delete(void* p) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete[](void* p) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete(void* p, size_t) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete[](void* p, size_t) noexcept {
+  std::free(p);
+}
+
+namespace {
+
+using tr::EngineMetrics;
+using tr::poller::parse_prom_line;
+using tr::poller::parse_prometheus;
+using tr::poller::parse_vllm_metrics;
+using tr::poller::prom_unescape;
+using tr::poller::PromLabel;
+using tr::poller::PromLine;
+using tr::poller::PromSample;
+
+namespace fs = std::filesystem;
+
+// tests/unit/fixtures, found from this file's path: as compiled (absolute, or
+// relative to the build directory, which is two levels above this binary),
+// or from $TR_FIXTURES_DIR.
+fs::path fixtures_dir() {
+  std::vector<fs::path> candidates;
+  if (const char* env = std::getenv("TR_FIXTURES_DIR")) candidates.emplace_back(env);
+  const fs::path here = fs::path(__FILE__).parent_path() / "fixtures";
+  candidates.push_back(here);
+  if (here.is_relative()) {
+    std::error_code ec;
+    const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+    if (!ec) candidates.push_back(exe.parent_path().parent_path().parent_path() / here);
+  }
+  for (const fs::path& c : candidates) {
+    std::error_code ec;
+    if (fs::exists(c / "vllm_v0.prom", ec)) return c;
+  }
+  return here;
+}
+
+std::string read_fixture(const char* name) {
+  const fs::path p = fixtures_dir() / name;
+  std::ifstream f(p, std::ios::binary);
+  INFO("fixture " << p.string());
+  REQUIRE(f.good());
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+struct Collected {
+  std::vector<PromSample> samples;
+  size_t malformed = 0;
+};
+
+Collected collect(std::string_view text) {
+  Collected c;
+  c.malformed = parse_prometheus(text, [&](const PromSample& s) { c.samples.push_back(s); });
+  return c;
+}
+
+// One sample line, which must parse.
+PromSample one(std::string_view line) {
+  PromSample s;
+  INFO("line: " << line);
+  REQUIRE(parse_prom_line(line, &s) == PromLine::sample);
+  return s;
+}
+
+PromLine kind_of(std::string_view line) {
+  PromSample s;
+  return parse_prom_line(line, &s);
+}
+
+std::string to_crlf(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '\n') out.push_back('\r');
+    out.push_back(c);
+  }
+  return out;
+}
+
+void require_same(const EngineMetrics& a, const EngineMetrics& b) {
+  CHECK(a.any_vllm == b.any_vllm);
+  CHECK(a.engines == b.engines);
+  CHECK(a.running == b.running);
+  CHECK(a.waiting == b.waiting);
+  CHECK(a.kv_usage == b.kv_usage);
+  CHECK(a.prefix_queries == b.prefix_queries);
+  CHECK(a.prefix_hits == b.prefix_hits);
+  CHECK(a.prompt_tokens == b.prompt_tokens);
+  CHECK(a.generation_tokens == b.generation_tokens);
+  CHECK(a.preemptions == b.preemptions);
+  CHECK(a.requests_finished == b.requests_finished);
+  auto same_histogram = [](const tr::HistogramTotals& x, const tr::HistogramTotals& y) {
+    CHECK(x.present == y.present);
+    CHECK(x.sum == y.sum);
+    CHECK(x.count == y.count);
+  };
+  same_histogram(a.ttft, b.ttft);
+  same_histogram(a.itl, b.itl);
+  same_histogram(a.e2e, b.e2e);
+  CHECK(a.block_size == b.block_size);
+  CHECK(a.num_gpu_blocks == b.num_gpu_blocks);
+  CHECK(a.malformed_lines == b.malformed_lines);
+}
+
+void require_absent(const EngineMetrics& m) {
+  CHECK(m.running == -1);
+  CHECK(m.waiting == -1);
+  CHECK(m.kv_usage == -1);
+  CHECK(m.prefix_queries == -1);
+  CHECK(m.prefix_hits == -1);
+  CHECK(m.prompt_tokens == -1);
+  CHECK(m.generation_tokens == -1);
+  CHECK(m.preemptions == -1);
+  CHECK(m.requests_finished == -1);
+  CHECK_FALSE(m.ttft.present);
+  CHECK_FALSE(m.itl.present);
+  CHECK_FALSE(m.e2e.present);
+  CHECK(m.block_size == 0);
+  CHECK(m.num_gpu_blocks == 0);
+}
+
+size_t count_sample_lines(std::string_view text) {
+  size_t n = 0;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string_view::npos) nl = text.size();
+    std::string_view line = text.substr(pos, nl - pos);
+    if (!line.empty() && line[0] != '#') ++n;
+    pos = nl + 1;
+  }
+  return n;
+}
+
+// ---------------------------------------------------------------------------
+// The three fixtures, read into EngineMetrics.
+
+TEST_CASE("vLLM V1 exposition, two engines: sums, kv mean, histograms, cache config", "[prom]") {
+  const std::string text = read_fixture("vllm_v1_2engines.prom");
+  EngineMetrics m;
+  REQUIRE(parse_vllm_metrics(text, &m));
+  CHECK(m.any_vllm);
+  CHECK(m.engines == 2);
+  CHECK(m.running == 12);                 // 5 + 7
+  CHECK(m.waiting == 2);                  // 2 + 0
+  CHECK(m.kv_usage == 0.375);             // mean of 0.4375 and 0.3125
+  CHECK(m.prefix_queries == 3573421);     // 1.823401e+06 + 1.75002e+06
+  CHECK(m.prefix_hits == 2181180);        // 1.20112e+06 + 980060
+  CHECK(m.prompt_tokens == 3712220);      // 1.902113e+06 + 1.810107e+06
+  CHECK(m.generation_tokens == 1777782);  // 865442 + 912340
+  CHECK(m.preemptions == 4);              // 3 + 1
+  CHECK(m.requests_finished == 893);      // (410 + 37 + 5) + (398 + 41 + 2)
+  CHECK(m.ttft.present);
+  CHECK(m.ttft.count == 893);
+  CHECK(m.ttft.sum == Approx(85.31729183197021 + 79.04230117797852));
+  CHECK(m.itl.present);  // inter_token_latency_seconds (time_per_output_token has equal values)
+  CHECK(m.itl.count == 1776889);  // (865442 - 452) + (912340 - 441)
+  CHECK(m.itl.sum == Approx(17299.837101459503 + 18237.98001074791));
+  CHECK(m.e2e.present);
+  CHECK(m.e2e.count == 893);
+  CHECK(m.e2e.sum == Approx(1903.2231044769287 + 1840.5512447357178));
+  CHECK(m.block_size == 16);
+  CHECK(m.num_gpu_blocks == 29127);
+  CHECK(m.malformed_lines == 0);
+}
+
+TEST_CASE("vLLM V0 exposition: older names, no engine label", "[prom]") {
+  const std::string text = read_fixture("vllm_v0.prom");
+  EngineMetrics m;
+  REQUIRE(parse_vllm_metrics(text, &m));
+  CHECK(m.engines == 0);
+  CHECK(m.running == 3);
+  CHECK(m.waiting == 1);
+  CHECK(m.kv_usage == 0.28340080971659914);  // vllm:gpu_cache_usage_perc
+  CHECK(m.prefix_queries == -1);             // V0 has only a hit-rate gauge
+  CHECK(m.prefix_hits == -1);
+  CHECK(m.prompt_tokens == 482113);
+  CHECK(m.generation_tokens == 310442);
+  CHECK(m.preemptions == 0);
+  CHECK(m.requests_finished == 1291);  // stop 1203 + length 88
+  CHECK(m.ttft.present);
+  CHECK(m.ttft.count == 1291);
+  CHECK(m.ttft.sum == 301.2248959541321);
+  CHECK(m.itl.present);          // from vllm:time_per_output_token_seconds
+  CHECK(m.itl.count == 309151);  // 310442 - 1291
+  CHECK(m.itl.sum == 7433.402880191803);
+  CHECK(m.e2e.present);
+  CHECK(m.e2e.count == 1291);
+  CHECK(m.e2e.sum == 7981.06702709198);
+  CHECK(m.block_size == 16);
+  CHECK(m.num_gpu_blocks == 27910);
+  CHECK(m.malformed_lines == 0);
+}
+
+TEST_CASE("vllm-sim exposition, two engines", "[prom]") {
+  const std::string text = read_fixture("vllm_sim_2engines.prom");
+  EngineMetrics m;
+  REQUIRE(parse_vllm_metrics(text, &m));
+  CHECK(m.engines == 2);
+  CHECK(m.running == 0);
+  CHECK(m.waiting == 0);
+  CHECK(m.kv_usage == 0);
+  CHECK(m.prefix_queries == 73);  // 37 + 36
+  CHECK(m.prefix_hits == 0);
+  CHECK(m.prompt_tokens == 73);
+  CHECK(m.generation_tokens == 132);  // 55 + 77
+  CHECK(m.preemptions == 0);
+  CHECK(m.requests_finished == 7);  // engine 0: stop 4; engine 1: stop 2, length 1
+  CHECK(m.ttft.count == 7);
+  CHECK(m.ttft.sum == Approx(0.0009286079999999999 + 0.001501226));
+  CHECK(m.itl.count == 125);  // 51 + 74
+  CHECK(m.itl.sum == Approx(0.009514239000000002 + 0.022219886000000005));
+  CHECK(m.e2e.count == 7);
+  CHECK(m.e2e.sum == Approx(0.010442847 + 0.023721112000000003));
+  CHECK(m.block_size == 16);
+  CHECK(m.num_gpu_blocks == 4096);
+  CHECK(m.malformed_lines == 0);
+}
+
+TEST_CASE("every fixture line parses; +Inf buckets match _count", "[prom]") {
+  for (const char* name : {"vllm_v1_2engines.prom", "vllm_v0.prom", "vllm_sim_2engines.prom"}) {
+    INFO(name);
+    const std::string text = read_fixture(name);
+    const Collected c = collect(text);
+    CHECK(c.malformed == 0);
+    CHECK(c.samples.size() == count_sample_lines(text));
+
+    // Series key: base name and every label but le.
+    auto key = [](const PromSample& s, std::string_view suffix) {
+      std::string k(s.name.substr(0, s.name.size() - suffix.size()));
+      size_t pos = 0;
+      PromLabel l;
+      while (s.next_label(&pos, &l)) {
+        if (l.name == "le") continue;
+        k.append("|").append(l.name).append("=").append(l.value);
+      }
+      return k;
+    };
+    std::map<std::string, double> inf_bucket, count;
+    for (const PromSample& s : c.samples) {
+      if (s.name.ends_with("_bucket") && s.label("le") == "+Inf") {
+        inf_bucket[key(s, "_bucket")] = s.value;
+      } else if (s.name.ends_with("_count")) {
+        count[key(s, "_count")] = s.value;
+      }
+    }
+    CHECK(inf_bucket.size() > 5);
+    CHECK(inf_bucket == count);
+  }
+}
+
+TEST_CASE("parsing allocates nothing", "[prom]") {
+  const std::string text = read_fixture("vllm_v1_2engines.prom");
+  EngineMetrics m;
+  double total = 0;
+  g_allocs = 0;
+  g_counting = true;
+  const bool found = parse_vllm_metrics(text, &m);
+  const size_t malformed = parse_prometheus(text, [&](const PromSample& s) {
+    total += s.value;
+    (void)s.label("engine");
+  });
+  g_counting = false;
+  CHECK(found);
+  CHECK(malformed == 0);
+  CHECK(total > 0);
+  CHECK(g_allocs.load() == 0);
+}
+
+// ---------------------------------------------------------------------------
+// Format details.
+
+TEST_CASE("label order does not matter", "[prom]") {
+  const PromSample a = one(R"(m{engine="1",le="0.5",model_name="x"} 3)");
+  const PromSample b = one(R"(m{model_name="x",engine="1",le="0.5"} 3)");
+  const PromSample c = one(R"(m{le="0.5",model_name="x",engine="1"} 3)");
+  for (const PromSample* s : {&a, &b, &c}) {
+    CHECK(s->label("engine") == "1");
+    CHECK(s->label("le") == "0.5");
+    CHECK(s->label("model_name") == "x");
+    CHECK(s->label("missing").empty());
+  }
+
+  const char* orders[] = {
+      "vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 2\n"
+      "vllm:num_requests_running{model_name=\"m\",engine=\"1\"} 3\n"
+      "vllm:cache_config_info{num_gpu_blocks=\"100\",engine=\"0\",block_size=\"32\"} 1\n",
+      "vllm:num_requests_running{model_name=\"m\",engine=\"0\"} 2\n"
+      "vllm:num_requests_running{engine=\"1\",model_name=\"m\"} 3\n"
+      "vllm:cache_config_info{block_size=\"32\",engine=\"0\",num_gpu_blocks=\"100\"} 1\n",
+  };
+  for (const char* text : orders) {
+    EngineMetrics m;
+    REQUIRE(parse_vllm_metrics(text, &m));
+    CHECK(m.running == 5);
+    CHECK(m.engines == 2);
+    CHECK(m.block_size == 32);
+    CHECK(m.num_gpu_blocks == 100);
+  }
+}
+
+TEST_CASE("escaped label values", "[prom]") {
+  const PromSample s = one(R"(m{a="x\"y\\z\nw",b="c}d,e=\"f",c="#"} 1)");
+  CHECK(s.label("a") == R"(x\"y\\z\nw)");
+  CHECK(s.label("b") == R"(c}d,e=\"f)");
+  CHECK(s.label("c") == "#");
+  CHECK(s.value == 1);
+
+  char buf[32];
+  std::string_view v;
+  REQUIRE(prom_unescape(s.label("a"), buf, sizeof buf, &v));
+  CHECK(v == "x\"y\\z\nw");
+  REQUIRE(prom_unescape(s.label("b"), buf, sizeof buf, &v));
+  CHECK(v == "c}d,e=\"f");
+  // Without escapes the input is returned as is, and the buffer is not needed.
+  REQUIRE(prom_unescape("plain", nullptr, 0, &v));
+  CHECK(v == "plain");
+  // Too small a buffer: false, nothing half-written is returned.
+  CHECK_FALSE(prom_unescape(R"(ab\"cd)", buf, 4, &v));
+  CHECK(v.empty());
+  // An escape the format does not define is kept as written.
+  REQUIRE(prom_unescape(R"(a\tb)", buf, sizeof buf, &v));
+  CHECK(v == R"(a\tb)");
+
+  // A model name with escapes still sums with the others.
+  EngineMetrics m;
+  REQUIRE(
+      parse_vllm_metrics("vllm:num_requests_waiting{engine=\"0\",model_name=\"a\\\"b\\\\\"} 4\n"
+                         "vllm:num_requests_waiting{engine=\"0\",model_name=\"c\"} 1\n",
+                         &m));
+  CHECK(m.waiting == 5);
+  CHECK(m.engines == 1);
+}
+
+TEST_CASE("next_label walks the set in order", "[prom]") {
+  const PromSample s = one(R"(m{ a = "1" , b="" ,c="x\"y",} 7)");
+  size_t pos = 0;
+  PromLabel l;
+  std::vector<std::pair<std::string, std::string>> seen;
+  while (s.next_label(&pos, &l))
+    seen.emplace_back(std::string(l.name), std::string(l.value));
+  REQUIRE(seen.size() == 3);
+  CHECK(seen[0] == std::pair<std::string, std::string>{"a", "1"});
+  CHECK(seen[1] == std::pair<std::string, std::string>{"b", ""});
+  CHECK(seen[2] == std::pair<std::string, std::string>{"c", R"(x\"y)"});
+  CHECK_FALSE(s.next_label(&pos, &l));
+
+  const PromSample bare = one("m 1");
+  pos = 0;
+  CHECK(bare.labels_raw.empty());
+  CHECK_FALSE(bare.next_label(&pos, &l));
+  CHECK(one("m{} 1").labels_raw.empty());
+}
+
+TEST_CASE("values: decimal, exponent, +Inf, -Inf, NaN", "[prom]") {
+  CHECK(one("m 0").value == 0);
+  CHECK(one("m 4.0").value == 4);
+  CHECK(one("m -2.5").value == -2.5);
+  CHECK(one("m +3").value == 3);
+  CHECK(one("m .5").value == 0.5);
+  CHECK(one("m 1e+06").value == 1e6);
+  CHECK(one("m 1.823401e+06").value == 1823401);
+  CHECK(one("m 1.5E-3").value == 1.5e-3);
+  CHECK(one("m 1.7539699214471252e+09").value == 1753969921.4471252);
+  CHECK(one("m +Inf").value == std::numeric_limits<double>::infinity());
+  CHECK(one("m -Inf").value == -std::numeric_limits<double>::infinity());
+  CHECK(one("m Inf").value == std::numeric_limits<double>::infinity());
+  CHECK(std::isnan(one("m NaN").value));
+  CHECK(std::signbit(one("m -0.0").value));
+
+  for (const char* bad :
+       {"m abc", "m 1_000", "m 0x10", "m --1", "m +-1", "m +", "m 1e999", "m 1.2.3", "m 5%"}) {
+    INFO(bad);
+    CHECK(kind_of(bad) == PromLine::malformed);
+  }
+}
+
+TEST_CASE("timestamps", "[prom]") {
+  PromSample s = one("m{a=\"b\"} 3 1712345678901");
+  CHECK(s.value == 3);
+  CHECK(s.has_timestamp);
+  CHECK(s.timestamp_ms == 1712345678901);
+  s = one("m 3 -5");
+  CHECK(s.timestamp_ms == -5);
+  s = one("m 3");
+  CHECK_FALSE(s.has_timestamp);
+  CHECK(kind_of("m 3 12.5") == PromLine::malformed);
+  CHECK(kind_of("m 3 4 5") == PromLine::malformed);
+  CHECK(kind_of("m 3 now") == PromLine::malformed);
+
+  EngineMetrics m;
+  REQUIRE(parse_vllm_metrics("vllm:num_requests_running{engine=\"0\"} 6 1712345678901\n", &m));
+  CHECK(m.running == 6);
+}
+
+TEST_CASE("blanks, comments, CRLF", "[prom]") {
+  CHECK(kind_of("") == PromLine::skip);
+  CHECK(kind_of("   ") == PromLine::skip);
+  CHECK(kind_of("\r") == PromLine::skip);
+  CHECK(kind_of("# HELP m Some help.") == PromLine::skip);
+  CHECK(kind_of("# TYPE m gauge") == PromLine::skip);
+  CHECK(kind_of("  # indented comment") == PromLine::skip);
+  CHECK(kind_of("#no space") == PromLine::skip);
+
+  CHECK(one("m 1\r").value == 1);
+  CHECK(one("m 1   ").value == 1);
+  CHECK(one("m 1 \t \r").value == 1);
+  CHECK(one("  m 1").value == 1);
+  CHECK(one("m\t\t2").value == 2);
+  CHECK(one("m {a=\"b\"} 3").label("a") == "b");
+  CHECK(one("m{a=\"b\"}4").value == 4);
+  CHECK(one("m{a=\"b\",} 5").label("a") == "b");
+
+  const std::string text = read_fixture("vllm_v1_2engines.prom");
+  EngineMetrics lf, crlf;
+  REQUIRE(parse_vllm_metrics(text, &lf));
+  REQUIRE(parse_vllm_metrics(to_crlf(text), &crlf));
+  require_same(lf, crlf);
+  CHECK(collect(to_crlf(text)).malformed == 0);
+}
+
+TEST_CASE("malformed lines are skipped and counted; the rest still parses", "[prom]") {
+  const std::string text =
+      "# TYPE vllm:num_requests_running gauge\n"
+      "vllm:num_requests_running{engine=\"0\" 3\n"          // label set not closed
+      "vllm:num_requests_running{engine=0} 3\n"             // value not quoted
+      "vllm:num_requests_running{engine=\"0\"} three\n"     // value not a number
+      "vllm:num_requests_running{engine=\"0\"}\n"           // no value
+      "vllm:num_requests_running{engine=\"0\",=\"x\"} 3\n"  // empty label name
+      "vllm:num_requests_running{engine=\"0\"} 3 4 5\n"     // trailing junk
+      "vllm:num_requests_running-x 3\n"                     // bad name character
+      "9vllm:num_requests_running 3\n"                      // name starts with a digit
+      "{engine=\"0\"} 3\n"                                  // no name
+      "vllm:num_requests_running{engine=\"1\"} 4\n"         // the one good line
+      "vllm:num_requests_waiting{engine=\"1\",model_name=\"unterminated} 9\n"
+      "vllm:num_requests_waiting{engine=\"1\"} 2\n";
+  const Collected c = collect(text);
+  CHECK(c.malformed == 10);
+  REQUIRE(c.samples.size() == 2);
+  CHECK(c.samples[0].value == 4);
+  CHECK(c.samples[1].value == 2);
+
+  EngineMetrics m;
+  REQUIRE(parse_vllm_metrics(text, &m));
+  CHECK(m.running == 4);
+  CHECK(m.waiting == 2);
+  CHECK(m.engines == 1);
+  CHECK(m.malformed_lines == 10);
+
+  // parse_vllm_metrics checks only the lines it reads: broken lines of other
+  // families cost nothing and are not counted.
+  EngineMetrics n;
+  REQUIRE(
+      parse_vllm_metrics("http_requests_total{handler=\"/x\" 3\n"
+                         "vllm:num_requests_running 1\n",
+                         &n));
+  CHECK(n.running == 1);
+  CHECK(n.malformed_lines == 0);
+  CHECK(collect("http_requests_total{handler=\"/x\" 3\nvllm:num_requests_running 1\n").malformed ==
+        1);
+}
+
+TEST_CASE("empty input", "[prom]") {
+  const Collected c = collect("");
+  CHECK(c.malformed == 0);
+  CHECK(c.samples.empty());
+  EngineMetrics m;
+  m.running = 99;  // replaced, not merged
+  CHECK_FALSE(parse_vllm_metrics("", &m));
+  CHECK_FALSE(m.any_vllm);
+  CHECK(m.engines == 0);
+  require_absent(m);
+  CHECK(m.malformed_lines == 0);
+  CHECK_FALSE(parse_vllm_metrics("\n\n# only comments\n", &m));
+}
+
+TEST_CASE("a missing family leaves -1", "[prom]") {
+  EngineMetrics m;
+  REQUIRE(parse_vllm_metrics("vllm:num_requests_running{engine=\"0\"} 3\n", &m));
+  CHECK(m.running == 3);
+  CHECK(m.engines == 1);
+  m.running = -1;
+  require_absent(m);
+
+  // The V1 fixture without its kv-cache gauges (both names).
+  const std::string text = read_fixture("vllm_v1_2engines.prom");
+  std::string without_kv;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find("cache_usage_perc") != std::string::npos) continue;
+    without_kv.append(line).push_back('\n');
+  }
+  REQUIRE(parse_vllm_metrics(without_kv, &m));
+  CHECK(m.kv_usage == -1);
+  CHECK(m.running == 12);
+
+  // Only _created samples of a family: the family is absent, vllm: was seen.
+  REQUIRE(
+      parse_vllm_metrics("vllm:prompt_tokens_created{engine=\"0\"} 1.7539699214471252e+09\n", &m));
+  CHECK(m.any_vllm);
+  CHECK(m.prompt_tokens == -1);
+  // Only non-finite values: absent as well.
+  REQUIRE(parse_vllm_metrics("vllm:num_requests_running{engine=\"0\"} NaN\n", &m));
+  CHECK(m.running == -1);
+  REQUIRE(
+      parse_vllm_metrics("vllm:num_requests_running{engine=\"0\"} NaN\n"
+                         "vllm:num_requests_running{engine=\"1\"} +Inf\n"
+                         "vllm:num_requests_running{engine=\"2\"} 2\n",
+                         &m));
+  CHECK(m.running == 2);
+}
+
+TEST_CASE("non-vLLM input", "[prom]") {
+  EngineMetrics m;
+  CHECK_FALSE(
+      parse_vllm_metrics("# HELP node_load1 1m load average.\n"
+                         "# TYPE node_load1 gauge\n"
+                         "node_load1 0.21\n"
+                         "vllm_sim:aborted_requests_total{engine=\"0\"} 1.0\n"
+                         "vllmx:num_requests_running 3\n",
+                         &m));
+  CHECK_FALSE(m.any_vllm);
+  require_absent(m);
+
+  const char* html = "<html><body><h1>404 Not Found</h1></body></html>\n";
+  CHECK_FALSE(parse_vllm_metrics(html, &m));
+  CHECK(m.malformed_lines == 1);
+  CHECK(collect(html).malformed == 1);
+}
+
+TEST_CASE("V1 names win over the older ones when both are present", "[prom]") {
+  EngineMetrics m;
+  REQUIRE(
+      parse_vllm_metrics("vllm:gpu_cache_usage_perc{engine=\"0\"} 0.9\n"
+                         "vllm:kv_cache_usage_perc{engine=\"0\"} 0.5\n"
+                         "vllm:kv_cache_usage_perc{engine=\"1\"} 0.25\n"
+                         "vllm:gpu_cache_usage_perc{engine=\"1\"} 0.9\n"
+                         "vllm:time_per_output_token_seconds_sum{engine=\"0\"} 100\n"
+                         "vllm:time_per_output_token_seconds_count{engine=\"0\"} 1000\n"
+                         "vllm:inter_token_latency_seconds_sum{engine=\"0\"} 5\n"
+                         "vllm:inter_token_latency_seconds_count{engine=\"0\"} 50\n"
+                         "vllm:request_time_per_output_token_seconds_sum{engine=\"0\"} 77\n",
+                         &m));
+  CHECK(m.kv_usage == 0.375);
+  CHECK(m.itl.present);
+  CHECK(m.itl.sum == 5);
+  CHECK(m.itl.count == 50);
+  CHECK(m.engines == 2);
+}
+
+TEST_CASE("cache_config_info: string labels, None is absent", "[prom]") {
+  EngineMetrics m;
+  REQUIRE(parse_vllm_metrics(
+      "vllm:cache_config_info{block_size=\"16\",engine=\"0\",num_gpu_blocks=\"None\"} 1.0\n", &m));
+  CHECK(m.block_size == 16);
+  CHECK(m.num_gpu_blocks == 0);
+
+  // The first engine that knows its block count gives it.
+  REQUIRE(parse_vllm_metrics(
+      "vllm:cache_config_info{block_size=\"None\",engine=\"0\",num_gpu_blocks=\"None\"} 1.0\n"
+      "vllm:cache_config_info{block_size=\"32\",engine=\"1\",num_gpu_blocks=\"4096\"} 1.0\n"
+      "vllm:cache_config_info{block_size=\"64\",engine=\"2\",num_gpu_blocks=\"8192\"} 1.0\n",
+      &m));
+  CHECK(m.block_size == 32);
+  CHECK(m.num_gpu_blocks == 4096);
+  CHECK(m.engines == 3);
+
+  for (const char* bad : {"\"16.0\"", "\"-16\"", "\"\"", "\"16 \"", "\"1e3\"", "\"x16\""}) {
+    INFO(bad);
+    const std::string text = std::string("vllm:cache_config_info{block_size=") + bad +
+                             ",num_gpu_blocks=" + bad + "} 1\n";
+    REQUIRE(parse_vllm_metrics(text, &m));
+    CHECK(m.block_size == 0);
+    CHECK(m.num_gpu_blocks == 0);
+  }
+}
+
+TEST_CASE("sums over model_name; engines counted once each, up to the bound", "[prom]") {
+  EngineMetrics m;
+  REQUIRE(
+      parse_vllm_metrics("vllm:request_success_total{engine=\"0\",finished_reason=\"stop\","
+                         "model_name=\"a\"} 3\n"
+                         "vllm:request_success_total{engine=\"0\",finished_reason=\"stop\","
+                         "model_name=\"b\"} 4\n"
+                         "vllm:request_success_total{engine=\"1\",finished_reason=\"error\","
+                         "model_name=\"a\"} 1\n"
+                         "vllm:request_success_created{engine=\"1\",finished_reason=\"stop\","
+                         "model_name=\"a\"} 1.75e+09\n",
+                         &m));
+  CHECK(m.requests_finished == 8);
+  CHECK(m.engines == 2);
+
+  std::string many;
+  for (size_t e = 0; e < tr::poller::kVllmEnginesMax + 6; ++e) {
+    many += "vllm:num_requests_running{engine=\"" + std::to_string(e) + "\"} 1\n";
+    many += "vllm:num_requests_waiting{engine=\"" + std::to_string(e) + "\"} 1\n";
+  }
+  REQUIRE(parse_vllm_metrics(many, &m));
+  CHECK(m.engines == tr::poller::kVllmEnginesMax);
+  CHECK(m.running == static_cast<double>(tr::poller::kVllmEnginesMax + 6));
+}
+
+TEST_CASE("a body cut mid-line yields exactly the complete lines before the cut", "[prom]") {
+  const std::string text = read_fixture("vllm_v1_2engines.prom");
+
+  // Cut inside the value of engine 1's prompt-token counter: "1.810107e+06" -> "1.81".
+  const std::string line = "vllm:prompt_tokens_total{engine=\"1\"";
+  const size_t at = text.find(line);
+  REQUIRE(at != std::string::npos);
+  const size_t value = text.find("} ", at) + 2;
+  EngineMetrics m;
+  REQUIRE(parse_vllm_metrics(std::string_view(text).substr(0, value + 4), &m));
+  CHECK(m.prompt_tokens == 1902113);  // engine 0 only; no 1.81 from the cut line
+  CHECK(m.malformed_lines == 1);
+  CHECK(m.running == 12);
+  CHECK(m.generation_tokens == -1);  // comes after the cut
+  CHECK(m.e2e.present == false);
+
+  // Every cut: the same result as the text up to the last '\n' before it,
+  // plus one malformed line if the cut left part of a sample line.
+  for (size_t cut = 0; cut <= text.size(); cut += 61) {
+    const std::string_view part = std::string_view(text).substr(0, cut);
+    const size_t last_nl = part.rfind('\n');
+    const std::string_view whole =
+        last_nl == std::string_view::npos ? std::string_view() : part.substr(0, last_nl + 1);
+    const std::string_view tail = part.substr(whole.size());
+    EngineMetrics got, want;
+    parse_vllm_metrics(part, &got);
+    parse_vllm_metrics(whole, &want);
+    INFO("cut at " << cut);
+    const bool partial_sample = !tail.empty() && tail[0] != '#';
+    CHECK(got.malformed_lines == want.malformed_lines + (partial_sample ? 1 : 0));
+    got.malformed_lines = want.malformed_lines;
+    require_same(got, want);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Cost. Hidden: run with `unit_prom [.perf]` on an optimized build.
+
+// Best of several timed rounds: the least disturbed by other processes.
+template <class F>
+double ns_per_byte(const std::string& text, F&& fn) {
+  using clock = std::chrono::steady_clock;
+  for (int i = 0; i < 20; ++i)
+    fn();  // warm caches and branch predictors
+  double best = std::numeric_limits<double>::infinity();
+  for (int round = 0; round < 7; ++round) {
+    size_t runs = 0;
+    const auto start = clock::now();
+    auto now = start;
+    do {
+      for (int i = 0; i < 20; ++i)
+        fn();
+      runs += 20;
+      now = clock::now();
+    } while (now - start < std::chrono::milliseconds(60));
+    const double ns = std::chrono::duration<double, std::nano>(now - start).count();
+    const double per_byte = ns / (static_cast<double>(runs) * static_cast<double>(text.size()));
+    best = per_byte < best ? per_byte : best;
+  }
+  return best;
+}
+
+TEST_CASE("parse cost per byte", "[.perf]") {
+  for (const char* name : {"vllm_v1_2engines.prom", "vllm_v0.prom", "vllm_sim_2engines.prom"}) {
+    const std::string text = read_fixture(name);
+    volatile double sink = 0;
+    const double vllm = ns_per_byte(text, [&] {
+      EngineMetrics m;
+      parse_vllm_metrics(text, &m);
+      sink = sink + m.running;
+    });
+    const double full = ns_per_byte(text, [&] {
+      double total = 0;
+      parse_prometheus(text, [&](const PromSample& s) { total += s.value; });
+      sink = sink + total;
+    });
+    std::printf(
+        "%-24s %6zu bytes  parse_vllm_metrics %.3f ns/byte (%.1f us/scrape)  "
+        "parse_prometheus (every line) %.3f ns/byte\n",
+        name, text.size(), vllm, vllm * static_cast<double>(text.size()) / 1000.0, full);
+    CHECK(vllm < 10.0);  // the budget: well under 10 us per KB
+  }
+}
+
+}  // namespace
