@@ -142,6 +142,33 @@ std::string render_metrics(const Sources& src) {
   render_histogram(&out, src, "tokenrelay_ttft_prediction_error_seconds",
                    [](const proxy::WorkerStats& w) -> const auto& { return w.ttft_error; });
 
+  family(&out, "tokenrelay_scrape_duration_seconds", "histogram",
+         "Time to fetch one replica's /metrics.");
+  {
+    const scores::ScrapeTiming& t = src.table->scrape_timing;
+    uint64_t cum = 0;
+    for (size_t i = 0; i <= scores::ScrapeTiming::kBuckets; ++i) {
+      cum += t.buckets[i].load(std::memory_order_relaxed);
+      if (i < scores::ScrapeTiming::kBuckets) {
+        appendf(&out, "tokenrelay_scrape_duration_seconds_bucket{le=\"%g\"} %llu\n",
+                scores::ScrapeTiming::kBounds[i], static_cast<unsigned long long>(cum));
+      } else {
+        appendf(&out, "tokenrelay_scrape_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
+                static_cast<unsigned long long>(cum));
+      }
+    }
+    appendf(&out, "tokenrelay_scrape_duration_seconds_sum %.9g\n",
+            t.sum.load(std::memory_order_relaxed));
+    appendf(&out, "tokenrelay_scrape_duration_seconds_count %llu\n",
+            static_cast<unsigned long long>(t.count.load(std::memory_order_relaxed)));
+  }
+  family(&out, "tokenrelay_scrape_errors_total", "counter",
+         "Failed or unparseable /metrics scrapes, by replica.");
+  for (size_t b = 0; b < nb; ++b) {
+    appendf(&out, "tokenrelay_scrape_errors_total{backend=\"%s\"} %u\n",
+            label(backends[b].name).c_str(), src.table->at(b).scraped.load().scrape_errors);
+  }
+
   family(&out, "tokenrelay_upstream_retries_total", "counter",
          "Attempts moved to another replica or connection before any response byte.");
   for (size_t b = 0; b < nb; ++b) {

@@ -16,16 +16,23 @@
 #include "core/clock.hpp"
 #include "core/log.hpp"
 #include "poller/http_client.hpp"
+#include "estimator/calibration.hpp"
 #include "poller/models.hpp"
+#include "poller/vllm_metrics.hpp"
 #include "scores/table.hpp"
+#include "tokenrelay/engine_metrics.hpp"
 
 namespace tr::poller {
 
 namespace {
 
 // One keep-alive connection per replica per kind of request, so a slow
-// /v1/models never delays a health check (issue 3 adds kMetrics).
-enum Channel : uint32_t { kHealth = 0, kModels = 1, kChannelCount = 2 };
+// /v1/models or /metrics never delays a health check.
+enum Channel : uint32_t { kHealth = 0, kModels = 1, kMetrics = 2, kChannelCount = 3 };
+
+// A scrape that fails this many times in a row marks the scraped state stale
+// (workers then route on their own accounting alone).
+constexpr uint32_t kScrapeFailuresStale = 3;
 
 enum class HealthState : uint8_t { unknown, down, up };
 
@@ -108,12 +115,24 @@ struct Poller::Impl final : HttpHandler {
     bool models_known = false;
     bool models_failing = false;  // last /v1/models failed (logged once)
     std::vector<ModelEntry> models;
+    // /metrics scraping: the previous good scrape (for deltas), calibration, and
+    // the state last published to the table.
+    std::string metrics_path;
+    int64_t metrics_sent_ms = 0;
+    int64_t prev_scrape_ms = 0;
+    EngineMetrics prev;
+    bool have_prev = false;
+    uint32_t scrape_failures = 0;  // consecutive
+    bool metrics_failing = false;  // logged once
+    estimator::StepCalibrator calibrator;
+    scores::ScrapedState published;
   };
 
   Impl(const tr::Config& cfg, scores::Table* t)
       : table(t),
         timeout_ms(std::max<uint32_t>(cfg.poller.timeout_ms, 1)),
         health_interval_ms(std::max<uint32_t>(cfg.poller.health_interval_ms, 1)),
+        metrics_interval_ms(std::max<uint32_t>(cfg.poller.interval_ms, 1)),
         client(make_targets(cfg), kChannelCount, this) {
     TR_ASSERT(table != nullptr);
     TR_ASSERT(table->size() == cfg.backends.size());
@@ -124,6 +143,7 @@ struct Poller::Impl final : HttpHandler {
       replicas[i].url = b.url;
       replicas[i].health_path = request_path(b.base_path, "/health");
       replicas[i].models_path = request_path(b.base_path, "/v1/models");
+      replicas[i].metrics_path = request_path(b.base_path, "/metrics");
       if (replicas[i].models_path == "/v1/models" && !b.base_path.empty()) {
         TR_LOG_WARN("replica %s (%s): base path over %zu bytes; probing without it", b.name.c_str(),
                     b.url.c_str(), kRequestPathBytesMax);
@@ -148,9 +168,88 @@ struct Poller::Impl final : HttpHandler {
     TR_DASSERT(target < replicas.size());
     if (channel == kHealth) {
       on_health(target, r);
+    } else if (channel == kMetrics) {
+      on_metrics(target, r);
     } else {
       TR_DASSERT(channel == kModels);
       on_models(target, r);
+    }
+  }
+
+  // One /metrics answer: parse, take deltas against the previous good scrape,
+  // feed the step-time calibration, publish through the slot's seqlock.
+  void on_metrics(uint32_t i, const Response& r) {
+    Replica& rep = replicas[i];
+    int64_t now = mono_ms();
+    table->scrape_timing.observe(static_cast<double>(now - rep.metrics_sent_ms) / 1000.0);
+    scores::ScrapedState& st = rep.published;
+    EngineMetrics em;
+    bool ok = r.status == 200 && parse_vllm_metrics(r.body, &em);
+    if (!ok) {
+      st.scrape_errors = saturating_inc(st.scrape_errors);
+      rep.scrape_failures = saturating_inc(rep.scrape_failures);
+      if (rep.scrape_failures >= kScrapeFailuresStale) st.metrics_ok = false;
+      if (!rep.metrics_failing) {
+        rep.metrics_failing = true;
+        TR_LOG_WARN("replica %s (%s): /metrics: %s", rep.name.c_str(), rep.url.c_str(),
+                    r.status == 200 ? "no vllm: metrics in the exposition" : describe(r).c_str());
+      }
+      table->at(i).scraped.store(st);
+      return;
+    }
+    if (rep.metrics_failing) {
+      rep.metrics_failing = false;
+      TR_LOG_INFO("replica %s (%s): /metrics readable again", rep.name.c_str(), rep.url.c_str());
+    }
+    rep.scrape_failures = 0;
+    st.metrics_ok = true;
+    st.scrapes_ok = saturating_inc(st.scrapes_ok);
+    st.scraped_at_ms = now;
+    st.engines = em.engines;
+    st.running = static_cast<float>(em.running);
+    st.waiting = static_cast<float>(em.waiting);
+    st.kv_usage = static_cast<float>(em.kv_usage);
+    if (em.block_size) st.block_size = em.block_size;
+    if (em.num_gpu_blocks) st.num_gpu_blocks = em.num_gpu_blocks;
+    if (rep.have_prev && now > rep.prev_scrape_ms) {
+      const EngineMetrics& p = rep.prev;
+      double interval_s = static_cast<double>(now - rep.prev_scrape_ms) / 1000.0;
+      // Counter deltas; a negative one (replica restarted) reads as "no data".
+      auto delta = [](double cur, double prev) {
+        return cur >= 0 && prev >= 0 && cur >= prev ? cur - prev : -1.0;
+      };
+      double d_prompt = delta(em.prompt_tokens, p.prompt_tokens);
+      double d_gen = delta(em.generation_tokens, p.generation_tokens);
+      double d_queries = delta(em.prefix_queries, p.prefix_queries);
+      double d_hits = delta(em.prefix_hits, p.prefix_hits);
+      if (d_queries > 0 && d_hits >= 0) st.prefix_hit_rate = static_cast<float>(d_hits / d_queries);
+      st.prompt_tokens_per_s = d_prompt >= 0 ? static_cast<float>(d_prompt / interval_s) : -1;
+      st.generation_tokens_per_s = d_gen >= 0 ? static_cast<float>(d_gen / interval_s) : -1;
+      double running_mean = (std::max(0.0, em.running) + std::max(0.0, p.running)) / 2;
+      if (em.itl.present && p.itl.present && em.ttft.present && p.ttft.present) {
+        rep.calibrator.observe(interval_s, em.itl.sum - p.itl.sum, em.itl.count - p.itl.count,
+                               em.ttft.sum - p.ttft.sum, em.ttft.count - p.ttft.count,
+                               std::max(0.0, d_prompt), std::max(0.0, d_gen), running_mean);
+        st.step_base_s = static_cast<float>(rep.calibrator.step_base_s());
+        st.step_per_token_s = static_cast<float>(rep.calibrator.step_per_token_s());
+        st.calibration_samples = rep.calibrator.samples();
+        st.ttft_mean_s = static_cast<float>(rep.calibrator.ttft_mean_s());
+        st.itl_mean_s = static_cast<float>(rep.calibrator.itl_mean_s());
+      }
+    }
+    rep.prev = em;
+    rep.have_prev = true;
+    rep.prev_scrape_ms = now;
+    table->at(i).scraped.store(st);
+  }
+
+  void metrics_round(int64_t now) {
+    for (uint32_t i = 0; i < replicas.size(); ++i) {
+      if (replicas[i].state == HealthState::down) continue;
+      // A scrape still in flight (slow replica) is not doubled up: get() refuses.
+      if (client.get(i, kMetrics, replicas[i].metrics_path, now + timeout_ms)) {
+        replicas[i].metrics_sent_ms = now;
+      }
     }
   }
 
@@ -297,19 +396,25 @@ struct Poller::Impl final : HttpHandler {
         models_round(now, true);
         next_models_ms = next_tick(next_models_ms, kModelsIntervalMs, now);
       }
-      if (client.run(std::min(next_health_ms, next_models_ms))) drain_wake();
+      if (now >= next_metrics_ms) {
+        metrics_round(now);
+        next_metrics_ms = next_tick(next_metrics_ms, metrics_interval_ms, now);
+      }
+      if (client.run(std::min({next_health_ms, next_models_ms, next_metrics_ms}))) drain_wake();
     }
   }
 
   scores::Table* table;
   const uint32_t timeout_ms;
   const uint32_t health_interval_ms;
+  const uint32_t metrics_interval_ms;
   std::vector<Replica> replicas;
   HttpClient client;
   int wake_fd = -1;
   bool in_poll_once = false;
   int64_t next_health_ms = 0;  // 0: never polled, so the thread starts with a round
   int64_t next_models_ms = 0;
+  int64_t next_metrics_ms = 0;
   std::atomic<bool> stop_requested{false};
   std::thread thread;
   // Snapshots read by worker threads; accessed only through std::atomic_load and

@@ -109,12 +109,31 @@ struct alignas(64) ReplicaSlot {
   Dispatch dispatch;                           // written by workers
 };
 
+// Time from sending a /metrics request to having its answer, all replicas.
+// Written by the poller (single writer), read by the admin thread.
+struct ScrapeTiming {
+  static constexpr double kBounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                       0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
+  static constexpr size_t kBuckets = sizeof(kBounds) / sizeof(kBounds[0]);
+  std::atomic<uint64_t> buckets[kBuckets + 1] = {};  // last = +Inf; not cumulative
+  std::atomic<uint64_t> count{0};
+  std::atomic<double> sum{0};
+  void observe(double seconds) {
+    size_t i = 0;
+    while (i < kBuckets && seconds > kBounds[i]) ++i;
+    buckets[i].store(buckets[i].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    count.store(count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    sum.store(sum.load(std::memory_order_relaxed) + seconds, std::memory_order_relaxed);
+  }
+};
+
 class Table {
  public:
   explicit Table(size_t n) : n_(n), slots_(std::make_unique<ReplicaSlot[]>(n)) {}
   size_t size() const { return n_; }
   ReplicaSlot& at(size_t i) { return slots_[i]; }
   const ReplicaSlot& at(size_t i) const { return slots_[i]; }
+  ScrapeTiming scrape_timing;
   bool any_up() const {
     for (size_t i = 0; i < n_; ++i) {
       if (slots_[i].up.load(std::memory_order_relaxed)) return true;
