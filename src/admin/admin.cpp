@@ -298,9 +298,9 @@ std::string render_status(const Sources& src) {
             st.itl_mean_s, st.prompt_tokens_per_s, st.generation_tokens_per_s);
     appendf(&out,
             "\"calibration\":{\"samples\":%u,\"step_base_s\":%g,\"step_per_token_s\":%g,"
-            "\"budget_tokens\":%u,\"max_num_seqs\":%u},",
+            "\"chars_per_token\":%g,\"budget_tokens\":%u,\"max_num_seqs\":%u},",
             st.calibration_samples, v.load.step_base_s, v.load.step_per_token_s,
-            v.load.budget_tokens, v.load.max_num_seqs);
+            st.chars_per_token, v.load.budget_tokens, v.load.max_num_seqs);
     appendf(&out,
             "\"dispatch\":{\"inflight\":%lld,\"prefill_requests\":%lld,"
             "\"prefill_tokens\":%lld,\"decode_requests\":%lld,\"decode_tokens\":%lld},"

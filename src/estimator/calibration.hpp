@@ -30,8 +30,9 @@
 // then base and per_token are clamped to [kStepBaseMinS, kStepBaseMaxS] and
 // [kStepPerTokenMinS, kStepPerTokenMaxS].
 //
-// An interval is ignored (not a sample) when: interval_s, a count or a sum is
-// not finite; any delta is negative (a counter reset or a restarted replica);
+// An interval is ignored (not a sample) when: interval_s, the ITL sum or count,
+// or a token delta is not finite; any delta is negative (a counter reset or a
+// restarted replica; a NaN TTFT delta reads as 0, a NaN running_mean as unknown);
 // itl_count < itl_events_min; itl_sum <= 0; the mean step is longer than the
 // interval; or no tokens were counted, or more than kCalibrationTokensPerStepMax
 // per step.

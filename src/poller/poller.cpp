@@ -122,6 +122,7 @@ struct Poller::Impl final : HttpHandler {
     int64_t prev_scrape_ms = 0;
     EngineMetrics prev;
     bool have_prev = false;
+    uint64_t prev_chars_sent = 0;
     uint32_t scrape_failures = 0;  // consecutive
     bool metrics_failing = false;  // logged once
     estimator::StepCalibrator calibrator;
@@ -225,11 +226,21 @@ struct Poller::Impl final : HttpHandler {
       if (d_queries > 0 && d_hits >= 0) st.prefix_hit_rate = static_cast<float>(d_hits / d_queries);
       st.prompt_tokens_per_s = d_prompt >= 0 ? static_cast<float>(d_prompt / interval_s) : -1;
       st.generation_tokens_per_s = d_gen >= 0 ? static_cast<float>(d_gen / interval_s) : -1;
+      uint64_t chars = table->at(i).dispatch.prompt_chars_sent.load(std::memory_order_relaxed);
+      double d_chars = static_cast<double>(chars - rep.prev_chars_sent);
+      if (d_prompt > 0 && d_chars > 0) {
+        double sample = d_chars / d_prompt;
+        if (sample >= 0.5 && sample <= 16) {  // otherwise traffic from elsewhere dominates
+          st.chars_per_token = st.chars_per_token < 0
+                                   ? static_cast<float>(sample)
+                                   : static_cast<float>(0.8 * st.chars_per_token + 0.2 * sample);
+        }
+      }
       double running_mean = (std::max(0.0, em.running) + std::max(0.0, p.running)) / 2;
       if (em.itl.present && p.itl.present && em.ttft.present && p.ttft.present) {
         rep.calibrator.observe(interval_s, em.itl.sum - p.itl.sum, em.itl.count - p.itl.count,
                                em.ttft.sum - p.ttft.sum, em.ttft.count - p.ttft.count,
-                               std::max(0.0, d_prompt), std::max(0.0, d_gen), running_mean);
+                               d_prompt, d_gen, running_mean);  // negative = unknown: ignored
         st.step_base_s = static_cast<float>(rep.calibrator.step_base_s());
         st.step_per_token_s = static_cast<float>(rep.calibrator.step_per_token_s());
         st.calibration_samples = rep.calibrator.samples();
@@ -239,6 +250,7 @@ struct Poller::Impl final : HttpHandler {
     }
     rep.prev = em;
     rep.have_prev = true;
+    rep.prev_chars_sent = table->at(i).dispatch.prompt_chars_sent.load(std::memory_order_relaxed);
     rep.prev_scrape_ms = now;
     table->at(i).scraped.store(st);
   }

@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 
 #include "core/assert.hpp"
@@ -428,6 +429,9 @@ void ClientConn::send_request(UpstreamConn* u) {
   p.has_body = req_.has_content_length() || req_.chunked();
   http::build_upstream_request(req_, p, &head);
   u->out().push_copy(head);
+  w_->shared()
+      .table->at(u->backend())
+      .dispatch.prompt_chars_sent.fetch_add(facts_.prompt_chars, std::memory_order_relaxed);
   if (!body_.empty()) u->out().push_ref(body_.data(), static_cast<uint32_t>(body_.size()));
   u->parser().expect_no_body(is_head_);
   u->flush();
@@ -528,6 +532,18 @@ void ClientConn::commit_staged() {
 }
 
 void ClientConn::upstream_body_piece(const char* p, size_t n) {
+  if (!resp_is_sse_) {
+    // Keep the last bytes of a JSON body: its "usage" object comes at the end.
+    if (n >= sizeof usage_tail_) {
+      std::memcpy(usage_tail_, p + n - sizeof usage_tail_, sizeof usage_tail_);
+      usage_tail_len_ = sizeof usage_tail_;
+    } else {
+      size_t keep = std::min<size_t>(usage_tail_len_, sizeof usage_tail_ - n);
+      std::memmove(usage_tail_, usage_tail_ + usage_tail_len_ - keep, keep);
+      std::memcpy(usage_tail_ + keep, p, n);
+      usage_tail_len_ = static_cast<uint16_t>(keep + n);
+    }
+  }
   if (resp_is_sse_) {
     sse_.feed(std::string_view(p, n), [this](const SseScanner::Event& e) {
       if (!e.is_data() || e.done) return;
@@ -560,6 +576,7 @@ void ClientConn::on_response_head(UpstreamConn* u) {
   std::string_view ctype = resp.find("content-type");
   resp_is_sse_ = ctype.size() >= 17 && http::ieq(ctype.substr(0, 17), "text/event-stream");
   sse_.reset();
+  usage_tail_len_ = 0;
   http::ClientResponseParams p;
   p.request_id = request_id_;
   p.client_http10 = client_http10_;
@@ -598,8 +615,61 @@ void ClientConn::upstream_ended(UpstreamConn* u, int err) {
   fail_mid_stream(Failure::upstream_midstream, "the replica closed the stream unexpectedly");
 }
 
+// Reads "name":<digits> inside <text>; false when absent.
+static bool find_count(std::string_view text, std::string_view name, uint64_t* out) {
+  size_t p = text.find(name);
+  if (p == std::string_view::npos) return false;
+  p += name.size();
+  while (p < text.size() && (text[p] == ' ' || text[p] == ':')) ++p;
+  uint64_t v = 0;
+  size_t digits = 0;
+  while (p < text.size() && text[p] >= '0' && text[p] <= '9' && digits < 18) {
+    v = v * 10 + static_cast<uint64_t>(text[p++] - '0');
+    ++digits;
+  }
+  *out = v;
+  return digits > 0;
+}
+
+// A response ended normally: teach the worker's estimator what the request
+// really cost (usage from the SSE usage chunk or the JSON body's tail).
+void ClientConn::learn_from_response() {
+  if (status_ != 200 || facts_.model.empty()) return;
+  estimator::ModelLearner& learner = w_->learner();
+  uint64_t prompt_tokens = 0;
+  uint64_t completion_tokens = 0;
+  bool have_usage = false;
+  if (resp_is_sse_) {
+    if (sse_.has_usage()) {
+      prompt_tokens = sse_.prompt_tokens();
+      completion_tokens = sse_.completion_tokens();
+      have_usage = true;
+    } else {
+      // No usage chunk: one event per token, less the chat role chunk.
+      uint64_t events = sse_.data_events() - sse_.error_events();
+      completion_tokens = facts_.messages > 0 && events > 0 ? events - 1 : events;
+    }
+  } else {
+    std::string_view tail(usage_tail_, usage_tail_len_);
+    size_t u = tail.rfind("\"usage\"");
+    if (u != std::string_view::npos) {
+      tail.remove_prefix(u);
+      have_usage = find_count(tail, "\"prompt_tokens\"", &prompt_tokens) &&
+                   find_count(tail, "\"completion_tokens\"", &completion_tokens);
+    }
+  }
+  if (have_usage && prompt_tokens > 0) {
+    learner.observe_usage(facts_.model, facts_.prompt_chars, facts_.messages, prompt_tokens);
+  }
+  if (completion_tokens > 0) {
+    learner.observe_finished(facts_.model, static_cast<uint32_t>(completion_tokens),
+                             facts_.max_tokens);
+  }
+}
+
 void ClientConn::response_done(bool upstream_reusable) {
   w_->stats().backend(static_cast<size_t>(backend_)).requests[code_slot(status_)].add();
+  learn_from_response();
   release_upstream(upstream_reusable);
   finish_exchange();
 }

@@ -91,6 +91,7 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   void reply_local(int status, std::string_view json_body);
   void reply_error(int status, const char* message, const char* type, const char* code);
   void finish_exchange();
+  void learn_from_response();
   void credit_dispatch();
   void dispatch_first_token();
   void release_dispatch();
@@ -143,6 +144,8 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   bool first_event_seen_ = false;
   io::OutQueue staged_;  // bytes of a chunk not yet complete
   SseScanner sse_;
+  char usage_tail_[512];  // last bytes of a non-SSE body (its usage object)
+  uint16_t usage_tail_len_ = 0;
   uint16_t cur_bid_ = 0;
   char* cur_base_ = nullptr;
 };

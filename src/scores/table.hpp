@@ -54,6 +54,10 @@ struct ScrapedState {
   float itl_mean_s = -1;   // over the last interval
   float prompt_tokens_per_s = -1;
   float generation_tokens_per_s = -1;
+  // Prompt characters per prompt token this replica's tokenizer produced: the
+  // characters workers sent it over vllm:prompt_tokens_total, per interval,
+  // smoothed. -1 until traffic was seen.
+  float chars_per_token = -1;
 };
 static_assert(std::is_trivially_copyable_v<ScrapedState>);
 
@@ -98,6 +102,7 @@ struct alignas(64) Dispatch {
   std::atomic<int64_t> prefill_tokens{0};    // their estimated prompt tokens
   std::atomic<int64_t> decode_requests{0};   // first token seen, not finished
   std::atomic<int64_t> decode_tokens{0};     // estimated output tokens still to come
+  std::atomic<uint64_t> prompt_chars_sent{0};  // prompt characters sent there (cumulative)
 };
 
 struct alignas(64) ReplicaSlot {

@@ -29,8 +29,9 @@
 #include "tokenrelay/engine_metrics.hpp"
 
 // ---------------------------------------------------------------------------
-// Allocation counter: this binary's operator new counts while g_counting is
-// set, so a test can prove a parse allocates nothing.
+// Allocation counter: this binary's operator new (every non-aligned form,
+// so none is paired with another allocator's delete, which ASan would catch)
+// counts while g_counting is set, so a test can prove a parse allocates nothing.
 namespace {
 std::atomic<bool> g_counting{false};
 std::atomic<size_t> g_allocs{0};
@@ -46,6 +47,13 @@ std::atomic<size_t> g_allocs{0};
 [[gnu::noinline]] void* operator new[](size_t n) {
   return operator new(n);
 }
+[[gnu::noinline]] void* operator new(size_t n, const std::nothrow_t&) noexcept {
+  if (g_counting.load(std::memory_order_relaxed)) g_allocs.fetch_add(1);
+  return std::malloc(n == 0 ? 1 : n);
+}
+[[gnu::noinline]] void* operator new[](size_t n, const std::nothrow_t& t) noexcept {
+  return operator new(n, t);
+}
 [[gnu::noinline]] void operator delete(void* p) noexcept {
   std::free(p);
 }
@@ -56,6 +64,12 @@ std::atomic<size_t> g_allocs{0};
   std::free(p);
 }
 [[gnu::noinline]] void operator delete[](void* p, size_t) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete(void* p, const std::nothrow_t&) noexcept {
+  std::free(p);
+}
+[[gnu::noinline]] void operator delete[](void* p, const std::nothrow_t&) noexcept {
   std::free(p);
 }
 
