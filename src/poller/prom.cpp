@@ -31,7 +31,7 @@ constexpr std::array<uint8_t, 256> make_classes() {
     if (alpha) m |= kLabelStart | kLabelChar;
     if (c == ' ' || c == '\t') m |= kBlank | kSpace;
     if (c == '\r') m |= kSpace;
-    t[c] = m;
+    t[static_cast<size_t>(c)] = m;
   }
   return t;
 }
@@ -143,7 +143,7 @@ std::string_view PromSample::label(std::string_view label_name) const {
 
 bool prom_unescape(std::string_view escaped, char* buf, size_t buf_bytes, std::string_view* out) {
   *out = {};
-  if (std::memchr(escaped.data(), '\\', escaped.size()) == nullptr) {
+  if (escaped.empty() || std::memchr(escaped.data(), '\\', escaped.size()) == nullptr) {
     *out = escaped;
     return true;
   }

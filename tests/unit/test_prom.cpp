@@ -387,6 +387,8 @@ TEST_CASE("escaped label values", "[prom]") {
   // Without escapes the input is returned as is, and the buffer is not needed.
   REQUIRE(prom_unescape("plain", nullptr, 0, &v));
   CHECK(v == "plain");
+  REQUIRE(prom_unescape({}, nullptr, 0, &v));
+  CHECK(v.empty());
   // Too small a buffer: false, nothing half-written is returned.
   CHECK_FALSE(prom_unescape(R"(ab\"cd)", buf, 4, &v));
   CHECK(v.empty());
