@@ -195,7 +195,7 @@ struct Poller::Impl final : HttpHandler {
         TR_LOG_WARN("replica %s (%s): /metrics: %s", rep.name.c_str(), rep.url.c_str(),
                     r.status == 200 ? "no vllm: metrics in the exposition" : describe(r).c_str());
       }
-      table->at(i).scraped.store(st);
+      publish(i, st);
       return;
     }
     if (rep.metrics_failing) {
@@ -252,6 +252,24 @@ struct Poller::Impl final : HttpHandler {
     rep.have_prev = true;
     rep.prev_chars_sent = table->at(i).dispatch.prompt_chars_sent.load(std::memory_order_relaxed);
     rep.prev_scrape_ms = now;
+    publish(i, st);
+  }
+
+  // Publishes the full state (for /status) and the compact routing state.
+  void publish(uint32_t i, const scores::ScrapedState& st) {
+    scores::RoutingState rs;
+    if (st.metrics_ok) {
+      rs.flags |= scores::RoutingState::kMetricsOk;
+      rs.running = st.running;
+      rs.waiting = st.waiting;
+      rs.kv_usage = st.kv_usage;
+    }
+    if (st.calibration_samples > 0) {
+      rs.flags |= scores::RoutingState::kCalibrated;
+      rs.step_base_s = st.step_base_s;
+      rs.step_per_token_s = st.step_per_token_s;
+    }
+    table->at(i).routing.store(rs);
     table->at(i).scraped.store(st);
   }
 

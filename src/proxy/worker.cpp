@@ -36,33 +36,42 @@ uint64_t xoroshiro_next(uint64_t s[2]) {
 constexpr double kForeignPromptTokens = 256;
 constexpr double kForeignOutputTokens = 128;
 
+TableSource::TableSource(const Config* cfg, const scores::Table* table) : table_(table) {
+  fixed_.reserve(cfg->backends.size());
+  for (const BackendConfig& b : cfg->backends) {
+    fixed_.push_back(Fixed{
+        b.weight,
+        b.max_num_batched_tokens ? b.max_num_batched_tokens : estimator::kDefaultBudgetTokens,
+        b.max_num_seqs ? b.max_num_seqs : estimator::kDefaultMaxNumSeqs});
+  }
+}
+
 void TableSource::view(size_t i, routing::ReplicaView* v) const {
   const scores::ReplicaSlot& slot = table_->at(i);
-  const BackendConfig& b = cfg_->backends[i];
+  const Fixed& f = fixed_[i];
   const scores::Dispatch& d = slot.dispatch;
   v->usable = slot.up.load(std::memory_order_relaxed);
-  v->weight = b.weight;
+  v->weight = f.weight;
   int64_t inflight = d.inflight.load(std::memory_order_relaxed);
   double prefill_requests = std::max<double>(0, d.prefill_requests.load(std::memory_order_relaxed));
   double prefill_tokens = std::max<double>(0, d.prefill_tokens.load(std::memory_order_relaxed));
   double decode_requests = std::max<double>(0, d.decode_requests.load(std::memory_order_relaxed));
   double decode_tokens = std::max<double>(0, d.decode_tokens.load(std::memory_order_relaxed));
   v->inflight = inflight;
-  scores::ScrapedState st = slot.scraped.load();
-  double s_running = st.metrics_ok ? std::max<float>(0, st.running) : 0;
-  double s_waiting = st.metrics_ok ? std::max<float>(0, st.waiting) : 0;
+  scores::RoutingState st = slot.routing.load();
+  bool scraped = st.flags & scores::RoutingState::kMetricsOk;
+  double s_running = scraped ? std::max<float>(0, st.running) : 0;
+  double s_waiting = scraped ? std::max<float>(0, st.waiting) : 0;
   // Our accounting is live; the scrape is up to one interval old but also sees
   // traffic from elsewhere. Take whichever shows more.
   double total = std::max(s_running + s_waiting, static_cast<double>(inflight));
-  uint32_t max_seqs = b.max_num_seqs ? b.max_num_seqs : estimator::kDefaultMaxNumSeqs;
-  v->running = std::min<double>(total, max_seqs);
+  v->running = std::min<double>(total, f.max_num_seqs);
   v->waiting = total - v->running;
-  v->kv_usage = st.metrics_ok ? st.kv_usage : -1;
+  v->kv_usage = scraped ? st.kv_usage : -1;
   estimator::ReplicaLoad& l = v->load;
-  l.budget_tokens =
-      b.max_num_batched_tokens ? b.max_num_batched_tokens : estimator::kDefaultBudgetTokens;
-  l.max_num_seqs = max_seqs;
-  if (st.calibration_samples > 0) {
+  l.budget_tokens = f.budget_tokens;
+  l.max_num_seqs = f.max_num_seqs;
+  if (st.flags & scores::RoutingState::kCalibrated) {
     l.step_base_s = st.step_base_s;
     l.step_per_token_s = st.step_per_token_s;
   } else {

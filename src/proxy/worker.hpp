@@ -32,13 +32,20 @@ class UpstreamConn;
 // dispatch accounting and the last scrape, combined into the best-known load.
 class TableSource final : public routing::ReplicaSource {
  public:
-  TableSource(const Config* cfg, const scores::Table* table) : cfg_(cfg), table_(table) {}
+  TableSource(const Config* cfg, const scores::Table* table);
   size_t size() const override { return table_->size(); }
   void view(size_t i, routing::ReplicaView* out) const override;
 
  private:
-  const Config* cfg_;
+  // Per-replica constants from the config, dense so a decision does not walk
+  // the (large) BackendConfig objects.
+  struct Fixed {
+    double weight;
+    uint32_t budget_tokens;
+    uint32_t max_num_seqs;
+  };
   const scores::Table* table_;
+  std::vector<Fixed> fixed_;
 };
 
 // Process-wide state a worker reads. Owned by main; outlives every worker.

@@ -47,11 +47,15 @@ class ScoringPolicy : public Policy {
     size_t m = 0;
     ReplicaView v;
     const uint32_t start = cursor_++ % static_cast<uint32_t>(n);
+    const uint64_t salt = rng_.next();
     auto consider = [&](uint32_t i) {
       src.view(i, &v);
       if (!v.usable) return;
-      // Equal scores: in turn from a rotating start, or at random.
-      double tie = round_robin_ties_ ? static_cast<double>((i + n - start) % n) : rng_.unit();
+      // Equal scores: in turn from a rotating start, or in a random order
+      // (a per-decision salt hashed with the index: one multiply, no RNG call).
+      double tie = round_robin_ties_
+                       ? static_cast<double>((i + n - start) % n)
+                       : static_cast<double>(((i + 1) * 0x9e3779b97f4a7c15ull ^ salt) >> 11);
       scored[m++] = Scored{i, score(req, v), tie};
     };
     if (n <= opt_.sample_above && n <= kEvalMax) {
@@ -70,11 +74,14 @@ class ScoringPolicy : public Policy {
       }
       for (uint32_t i = 0; m == 0 && i < n && m < kEvalMax; ++i) consider(i);
     }
-    std::sort(scored, scored + m, [](const Scored& a, const Scored& b) {
+    // Only the first out.size() places matter (a few: max_attempts): select
+    // them instead of sorting everything.
+    r.count = std::min(m, out.size());
+    auto better = [](const Scored& a, const Scored& b) {
       if (a.score != b.score) return a.score < b.score;
       return a.tiebreak < b.tiebreak;
-    });
-    r.count = std::min(m, out.size());
+    };
+    std::partial_sort(scored, scored + r.count, scored + m, better);
     for (size_t k = 0; k < r.count; ++k) out[k] = scored[k].index;
     if (r.count > 0) annotate(req, src, out[0], &r);
     return r;

@@ -61,10 +61,26 @@ struct ScrapedState {
 };
 static_assert(std::is_trivially_copyable_v<ScrapedState>);
 
-class SeqlockState {
+// What routing reads on every decision: the few scraped numbers the policies
+// and the estimator use, small enough to copy in two words.
+struct RoutingState {
+  float running = -1;  // -1 unknown (no good scrape)
+  float waiting = -1;
+  float kv_usage = -1;
+  float step_base_s = 0;       // 0 = not calibrated yet
+  float step_per_token_s = 0;
+  uint32_t flags = 0;  // kMetricsOk | kCalibrated
+  static constexpr uint32_t kMetricsOk = 1;
+  static constexpr uint32_t kCalibrated = 2;
+};
+static_assert(std::is_trivially_copyable_v<RoutingState>);
+
+// A single-writer seqlock over a trivially copyable payload.
+template <class T>
+class Seqlock {
  public:
   // Single writer (the poller thread).
-  void store(const ScrapedState& s) {
+  void store(const T& s) {
     uint64_t words[kWords] = {};
     std::memcpy(words, &s, sizeof s);
     uint32_t seq = seq_.load(std::memory_order_relaxed);
@@ -74,7 +90,7 @@ class SeqlockState {
     seq_.store(seq + 2, std::memory_order_release);
   }
   // Any thread. Never blocks the writer; retries while a write is in progress.
-  ScrapedState load() const {
+  T load() const {
     uint64_t words[kWords];
     for (;;) {
       uint32_t s1 = seq_.load(std::memory_order_acquire);
@@ -83,14 +99,14 @@ class SeqlockState {
       std::atomic_thread_fence(std::memory_order_acquire);
       if (seq_.load(std::memory_order_relaxed) == s1) break;
     }
-    ScrapedState s;
+    T s;
     std::memcpy(&s, words, sizeof s);
     return s;
   }
   uint32_t version() const { return seq_.load(std::memory_order_acquire) / 2; }
 
  private:
-  static constexpr size_t kWords = (sizeof(ScrapedState) + 7) / 8;
+  static constexpr size_t kWords = (sizeof(T) + 7) / 8;
   std::atomic<uint32_t> seq_{0};
   std::atomic<uint64_t> words_[kWords] = {};
 };
@@ -105,13 +121,18 @@ struct alignas(64) Dispatch {
   std::atomic<uint64_t> prompt_chars_sent{0};  // prompt characters sent there (cumulative)
 };
 
+using SeqlockState = Seqlock<ScrapedState>;
+
+// Laid out so a routing decision touches two cache lines per replica: the
+// first holds health and the routing state, the second the dispatch counters.
 struct alignas(64) ReplicaSlot {
   // Health, written by the poller (independent words: relaxed is enough).
   std::atomic<bool> up{true};
-  std::atomic<int64_t> last_health_ms{0};      // mono ms of the last completed check
   std::atomic<int32_t> last_health_status{0};  // HTTP status, or -errno
-  SeqlockState scraped;                        // written by the poller
+  Seqlock<RoutingState> routing;               // written by the poller; read per decision
+  std::atomic<int64_t> last_health_ms{0};      // mono ms of the last completed check
   Dispatch dispatch;                           // written by workers
+  SeqlockState scraped;                        // written by the poller; /status, metrics
 };
 
 // Time from sending a /metrics request to having its answer, all replicas.
