@@ -36,6 +36,7 @@ struct BackendConfig {
   uint32_t max_num_batched_tokens = 0;
   uint32_t max_num_seqs = 0;
   double weight = 1.0;
+  uint32_t max_inflight = 0;  // 0 = [admission] max_inflight / max_num_seqs
   int line = 0;  // line of the section header, for messages
 };
 
@@ -56,6 +57,26 @@ struct PollerConfig {
   uint32_t interval_ms = 100;          // [poller] interval_ms (metrics scrape)
   uint32_t health_interval_ms = 1000;  // [poller] health_interval_ms
   uint32_t timeout_ms = 1000;          // [poller] timeout_ms (per scrape deadline)
+  uint32_t rise = 2;                   // [poller] rise: good checks to mark a replica up
+  uint32_t fall = 3;                   // [poller] fall: failed checks to mark it down
+};
+
+// Passive health: replicas that fail requests are ejected for a while.
+struct EjectConfig {
+  uint32_t failures = 5;           // [eject] failures: consecutive connect failures / 5xx
+  uint32_t base_ms = 30000;        // [eject] base_ms: first ejection, doubling on repeat
+  uint32_t max_ms = 300000;        // [eject] max_ms: longest ejection
+  uint32_t max_percent = 50;       // [eject] max_percent: never eject more of the pool
+  uint32_t slow_start_ms = 30000;  // [eject] slow_start_ms: weight ramps up after readmission
+};
+
+// Admission control: a bounded wait when every usable replica is saturated.
+struct AdmissionConfig {
+  uint32_t max_inflight = 0;        // [admission] max_inflight per replica; 0 = the
+                                    // replica's max_num_seqs if configured, else unlimited
+  uint32_t max_queue = 1024;        // [admission] max_queue: waiting requests (all workers)
+  uint32_t queue_timeout_ms = 30000;  // [admission] queue_timeout_ms -> 429
+  uint32_t retry_after_s = 1;       // [admission] retry_after_s: Retry-After on 429/503
 };
 
 struct LimitsConfig {
@@ -81,7 +102,8 @@ struct TimeoutsConfig {
 struct UpstreamConfig {
   uint32_t keepalive_per_backend = 64;  // [upstream] keepalive_per_backend (per worker)
   uint32_t keepalive_idle_ms = 4000;    // [upstream] keepalive_idle_ms (below uvicorn's 5 s)
-  uint32_t max_attempts = 3;            // [upstream] max_attempts: connect-failure walk
+  uint32_t max_attempts = 2;            // [upstream] max_attempts: 2 = one retry on another
+                                        // replica, only when nothing was written upstream
 };
 
 struct RoutingConfig {
@@ -101,6 +123,8 @@ struct Config {
   TimeoutsConfig timeouts;
   UpstreamConfig upstream;
   RoutingConfig routing;
+  EjectConfig eject;
+  AdmissionConfig admission;
   std::vector<BackendConfig> backends;  // in file order
 };
 

@@ -134,6 +134,8 @@ struct Poller::Impl final : HttpHandler {
         timeout_ms(std::max<uint32_t>(cfg.poller.timeout_ms, 1)),
         health_interval_ms(std::max<uint32_t>(cfg.poller.health_interval_ms, 1)),
         metrics_interval_ms(std::max<uint32_t>(cfg.poller.interval_ms, 1)),
+        rise(std::max<uint32_t>(cfg.poller.rise, 1)),
+        fall(std::max<uint32_t>(cfg.poller.fall, 1)),
         client(make_targets(cfg), kChannelCount, this) {
     TR_ASSERT(table != nullptr);
     TR_ASSERT(table->size() == cfg.backends.size());
@@ -300,9 +302,9 @@ struct Poller::Impl final : HttpHandler {
     HealthState next = rep.state;
     if (rep.state == HealthState::unknown) {
       next = ok ? HealthState::up : HealthState::down;  // the first result decides
-    } else if (ok && rep.successes >= kHealthRise) {
+    } else if (ok && rep.successes >= rise) {
       next = HealthState::up;
-    } else if (!ok && rep.failures >= kHealthFall) {
+    } else if (!ok && rep.failures >= fall) {
       next = HealthState::down;
     }
     if (next == rep.state) return;
@@ -438,6 +440,8 @@ struct Poller::Impl final : HttpHandler {
   const uint32_t timeout_ms;
   const uint32_t health_interval_ms;
   const uint32_t metrics_interval_ms;
+  const uint32_t rise;  // consecutive good checks: down -> up ([poller] rise)
+  const uint32_t fall;  // consecutive failed checks: up -> down ([poller] fall)
   std::vector<Replica> replicas;
   HttpClient client;
   int wake_fd = -1;

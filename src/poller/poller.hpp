@@ -27,8 +27,6 @@ namespace tr::poller {
 inline constexpr int64_t kModelsIntervalMs = 5000;
 // Hysteresis (a later issue makes these configurable): consecutive results
 // needed to change state. With 1, a single result decides.
-inline constexpr uint32_t kHealthRise = 1;
-inline constexpr uint32_t kHealthFall = 1;
 
 using ModelsByReplica = std::vector<std::vector<std::string>>;
 

@@ -121,6 +121,7 @@ void ClientConn::on_timer(uintptr_t tag) {
       }
       return;
     case State::kWaiting:
+      if (backend_ >= 0) w_->report_replica_result(static_cast<uint32_t>(backend_), false);
       fail_before_head(Failure::upstream_timeout, 504,
                        "the replica did not start a response in time", "upstream_timeout");
       return;
@@ -256,7 +257,6 @@ void ClientConn::on_request_complete() {
   status_ = 0;
   head_sent_ = false;
   backend_ = -1;
-  retried_ = false;
   first_event_seen_ = false;
   resp_is_sse_ = false;
   facts_ = RequestFacts{};
@@ -308,6 +308,7 @@ void ClientConn::route_and_dispatch() {
   uint32_t max = cfg.upstream.max_attempts < kMaxRanked ? cfg.upstream.max_attempts
                                                         : static_cast<uint32_t>(kMaxRanked);
   int64_t t0 = mono_ns();
+  w_->replicas().set_now(t0 / 1'000'000);
   routing::Ranking rk = w_->policy().rank(rr, w_->replicas(), std::span<uint32_t>(ranked_, max));
   w_->stats().observe_route_decision(static_cast<double>(mono_ns() - t0) / 1e9);
   nranked_ = static_cast<uint32_t>(rk.count);
@@ -441,12 +442,12 @@ void ClientConn::upstream_send_failed(UpstreamConn* u, int err) {
   (void)err;
   TR_ASSERT(u == up_);
   if (head_sent_) return;  // the replica answered early; its response decides
-  // A reused connection the replica had already closed: nothing reached the
-  // replica's application, so one retry on a fresh connection is safe.
-  if (u->reused() && !u->got_response_bytes() && !retried_) {
-    retried_ = true;
+  w_->report_replica_result(u->backend(), false);
+  // Nothing of the request reached the replica: one retry on another replica is
+  // safe. Once any byte was written the replica may be working on it: no retry.
+  if (u->bytes_sent() == 0 && next_rank_ < nranked_) {
     release_upstream(false);
-    --next_rank_;  // same replica, fresh connection
+    w_->stats().backend(static_cast<size_t>(backend_)).retries.add();
     try_next_replica();
     return;
   }
@@ -568,6 +569,7 @@ void ClientConn::upstream_body_piece(const char* p, size_t n) {
 void ClientConn::on_response_head(UpstreamConn* u) {
   http::MessageParser& resp = u->parser();
   status_ = resp.status_code();
+  w_->report_replica_result(u->backend(), status_ < 500);
   resp_chunked_ = resp.chunked();
   dechunk_ = client_http10_ && resp_chunked_;
   bool keep =
@@ -600,14 +602,9 @@ void ClientConn::upstream_ended(UpstreamConn* u, int err) {
     return;
   }
   if (!head_sent_) {
-    if (u->reused() && !u->got_response_bytes() && !retried_) {
-      // The replica closed an idle keep-alive connection as we reused it.
-      retried_ = true;
-      release_upstream(false);
-      --next_rank_;
-      try_next_replica();
-      return;
-    }
+    // The request was written: the replica may have started on it, so it is
+    // not retried (that would run it twice on the GPUs).
+    w_->report_replica_result(u->backend(), false);
     fail_before_head(Failure::upstream_reset, 502,
                      "the replica closed the connection before responding", "upstream_reset");
     return;
@@ -856,6 +853,14 @@ void UpstreamConn::body_thunk(void* self, const char* p, size_t n) {
   if (u->client_) u->client_->upstream_body_piece(p, n);
 }
 
+bool UpstreamConn::peer_closed() const {
+  char c;
+  ssize_t n = ::recv(sock_.fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n > 0) return true;  // bytes on an idle connection: out of step, not reusable
+  if (n == 0) return true;
+  return errno != EAGAIN && errno != EWOULDBLOCK;
+}
+
 bool UpstreamConn::connect(int* err) {
   const BackendConfig& b = w_->cfg().backends[backend_];
   int fd = w_->loop().new_stream_socket(b.addr.storage.ss_family);
@@ -871,6 +876,7 @@ bool UpstreamConn::connect(int* err) {
 void UpstreamConn::attach(ClientConn* c) {
   client_ = c;
   got_bytes_ = false;
+  bytes_sent_ = 0;
   w_->loop().timers().disarm(&idle_timer_);
 }
 
@@ -949,6 +955,7 @@ void UpstreamConn::on_send(io::Socket* s, int res) {
     return;
   }
   out_.consume(static_cast<uint64_t>(res));
+  bytes_sent_ += static_cast<uint64_t>(res);
   flush();
 }
 

@@ -132,7 +132,6 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   Phase phase_ = Phase::kNone;  // dispatch accounting of the current attempt
   estimator::RequestCost cost_{};
   double predicted_ttft_s_ = -1;
-  bool retried_ = false;
   UpstreamConn* up_ = nullptr;
   int64_t t_request_ns_ = 0;
   int64_t last_upstream_ms_ = 0;
@@ -160,6 +159,10 @@ class UpstreamConn final : public io::SocketHandler, public io::TimerHandler {
   void detach() { client_ = nullptr; }
   // Pooled: keep reading so a close by the replica is seen, arm the idle timer.
   void park();
+  // The replica already closed this (idle) connection: EOF or an error pending.
+  bool peer_closed() const;
+  // Bytes of the request the kernel accepted (0: nothing was written upstream).
+  uint64_t bytes_sent() const { return bytes_sent_; }
   void close_now();
   void flush();
 
@@ -195,6 +198,7 @@ class UpstreamConn final : public io::SocketHandler, public io::TimerHandler {
   bool got_bytes_ = false;
   bool send_failed_ = false;
   bool closing_ = false;
+  uint64_t bytes_sent_ = 0;
 };
 
 }  // namespace tr::proxy

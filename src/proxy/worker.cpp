@@ -36,7 +36,8 @@ uint64_t xoroshiro_next(uint64_t s[2]) {
 constexpr double kForeignPromptTokens = 256;
 constexpr double kForeignOutputTokens = 128;
 
-TableSource::TableSource(const Config* cfg, const scores::Table* table) : table_(table) {
+TableSource::TableSource(const Config* cfg, const scores::Table* table)
+    : table_(table), slow_start_ms_(cfg->eject.slow_start_ms) {
   fixed_.reserve(cfg->backends.size());
   for (const BackendConfig& b : cfg->backends) {
     fixed_.push_back(Fixed{
@@ -50,8 +51,14 @@ void TableSource::view(size_t i, routing::ReplicaView* v) const {
   const scores::ReplicaSlot& slot = table_->at(i);
   const Fixed& f = fixed_[i];
   const scores::Dispatch& d = slot.dispatch;
-  v->usable = slot.up.load(std::memory_order_relaxed);
+  int64_t ejected_until = slot.ejected_until_ms.load(std::memory_order_relaxed);
+  v->usable = slot.up.load(std::memory_order_relaxed) && now_ms_ >= ejected_until;
   v->weight = f.weight;
+  if (ejected_until > 0 && now_ms_ - ejected_until < static_cast<int64_t>(slow_start_ms_)) {
+    // Back from an ejection: its share grows from 10% to all of it over slow_start_ms.
+    double ramp = static_cast<double>(now_ms_ - ejected_until) / slow_start_ms_;
+    v->weight *= std::max(0.1, ramp);
+  }
   int64_t inflight = d.inflight.load(std::memory_order_relaxed);
   double prefill_requests = std::max<double>(0, d.prefill_requests.load(std::memory_order_relaxed));
   double prefill_tokens = std::max<double>(0, d.prefill_tokens.load(std::memory_order_relaxed));
@@ -237,11 +244,58 @@ void Worker::on_upstream_closed(UpstreamConn* u) {
 
 UpstreamConn* Worker::take_idle(uint32_t b) {
   std::vector<UpstreamConn*>& pool = idle_[b];
-  if (pool.empty()) return nullptr;
-  UpstreamConn* u = pool.back();  // most recently used: least likely closed by the replica
-  pool.pop_back();
-  u->in_pool = false;
-  return u;
+  while (!pool.empty()) {
+    UpstreamConn* u = pool.back();  // most recently used: least likely closed by the replica
+    pool.pop_back();
+    u->in_pool = false;
+    // A replica that closed the idle connection (uvicorn: after 5 s) may have sent
+    // its FIN before our recv completion arrived: check before writing a request
+    // into it, since a request written there cannot be retried.
+    if (u->peer_closed()) {
+      u->close_now();
+      continue;
+    }
+    return u;
+  }
+  return nullptr;
+}
+
+void Worker::report_replica_result(uint32_t b, bool ok) {
+  scores::ReplicaSlot& slot = shared_->table->at(b);
+  if (ok) {
+    if (slot.consecutive_failures.load(std::memory_order_relaxed) != 0) {
+      slot.consecutive_failures.store(0, std::memory_order_relaxed);
+    }
+    return;
+  }
+  const EjectConfig& ec = cfg().eject;
+  uint32_t n = slot.consecutive_failures.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (n < ec.failures) return;
+  int64_t now = mono_ms();
+  int64_t until = slot.ejected_until_ms.load(std::memory_order_relaxed);
+  if (until > now) return;  // already ejected
+  size_t total = shared_->table->size();
+  size_t ejected = 0;
+  for (size_t i = 0; i < total; ++i) {
+    if (shared_->table->at(i).ejected_until_ms.load(std::memory_order_relaxed) > now) ++ejected;
+  }
+  if ((ejected + 1) * 100 > static_cast<size_t>(ec.max_percent) * total) return;
+  uint32_t k = slot.ejections.fetch_add(1, std::memory_order_relaxed);
+  // A replica that stayed healthy since its last ejection starts again from base_ms.
+  if (until > 0 && now - until > static_cast<int64_t>(ec.max_ms) * 2) {
+    k = 0;
+    slot.ejections.store(1, std::memory_order_relaxed);
+  }
+  uint64_t dur = static_cast<uint64_t>(ec.base_ms) << std::min<uint32_t>(k, 20);
+  dur = std::min<uint64_t>(dur, ec.max_ms);
+  if (!slot.ejected_until_ms.compare_exchange_strong(until, now + static_cast<int64_t>(dur),
+                                                     std::memory_order_relaxed)) {
+    return;  // another worker ejected it just now
+  }
+  slot.consecutive_failures.store(0, std::memory_order_relaxed);
+  TR_LOG_WARN("replica %s (%s) ejected for %llu ms after %u failures in a row",
+              cfg().backends[b].name.c_str(), cfg().backends[b].url.c_str(),
+              static_cast<unsigned long long>(dur), n);
 }
 
 void Worker::give_idle(UpstreamConn* u) {

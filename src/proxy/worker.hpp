@@ -35,6 +35,8 @@ class TableSource final : public routing::ReplicaSource {
   TableSource(const Config* cfg, const scores::Table* table);
   size_t size() const override { return table_->size(); }
   void view(size_t i, routing::ReplicaView* out) const override;
+  // The time decisions are made at (ejection, slow start); set once per decision.
+  void set_now(int64_t now_ms) const { now_ms_ = now_ms; }
 
  private:
   // Per-replica constants from the config, dense so a decision does not walk
@@ -46,6 +48,8 @@ class TableSource final : public routing::ReplicaSource {
   };
   const scores::Table* table_;
   std::vector<Fixed> fixed_;
+  uint32_t slow_start_ms_;
+  mutable int64_t now_ms_ = 0;
 };
 
 // Process-wide state a worker reads. Owned by main; outlives every worker.
@@ -88,7 +92,11 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   WorkerStats& stats() { return stats_; }
   BodyInspector& inspector() { return inspector_; }
   routing::Policy& policy() { return *policy_; }
-  const routing::ReplicaSource& replicas() const { return replicas_; }
+  const TableSource& replicas() const { return replicas_; }
+  // Passive health: outcome of one attempt on replica <b>. Failures are connect
+  // errors, resets before the response and 5xx answers; enough in a row eject the
+  // replica ([eject]), never more than max_percent of the pool.
+  void report_replica_result(uint32_t b, bool ok);
   estimator::ModelLearner& learner() { return learner_; }
   const http::ParseLimits& parse_limits() const { return parse_limits_; }
   bool draining() const { return drain_started_; }

@@ -130,6 +130,11 @@ struct alignas(64) ReplicaSlot {
   std::atomic<bool> up{true};
   std::atomic<int32_t> last_health_status{0};  // HTTP status, or -errno
   Seqlock<RoutingState> routing;               // written by the poller; read per decision
+  // Passive health, written by workers: a replica that keeps failing requests is
+  // ejected until <ejected_until_ms> (mono ms); after that its weight ramps up.
+  std::atomic<int64_t> ejected_until_ms{0};
+  std::atomic<uint32_t> consecutive_failures{0};
+  std::atomic<uint32_t> ejections{0};          // in a row: each doubles the next
   std::atomic<int64_t> last_health_ms{0};      // mono ms of the last completed check
   Dispatch dispatch;                           // written by workers
   SeqlockState scraped;                        // written by the poller; /status, metrics
