@@ -183,6 +183,7 @@ int main(int argc, char** argv) {
 
   tr::proxy::Shared shared;
   shared.cfg = &cfg;
+  shared.workers = static_cast<uint32_t>(nworkers);
   shared.table = &table;
   shared.models_json = [&poller] { return poller.models_json(); };
 

@@ -242,6 +242,19 @@ std::string render_metrics(const Sources& src) {
     open += w->connections_open.load(std::memory_order_relaxed);
   }
   appendf(&out, "tokenrelay_connections_open %lld\n", open);
+  family(&out, "tokenrelay_queue_requests", "gauge",
+         "Requests waiting in the admission queue (every usable replica saturated).");
+  long long queued = 0;
+  for (const proxy::WorkerStats* w : src.workers) queued += w->queued.load(std::memory_order_relaxed);
+  appendf(&out, "tokenrelay_queue_requests %lld\n", queued);
+  family(&out, "tokenrelay_queue_admitted_total", "counter",
+         "Requests that waited in the admission queue and then got a replica.");
+  appendf(&out, "tokenrelay_queue_admitted_total %llu\n",
+          sum([](const proxy::WorkerStats& w) { return w.queue_admitted.get(); }));
+  family(&out, "tokenrelay_queue_rejected_total", "counter",
+         "Requests answered 429 because the queue was full or the wait too long.");
+  appendf(&out, "tokenrelay_queue_rejected_total %llu\n",
+          sum([](const proxy::WorkerStats& w) { return w.queue_rejected.get(); }));
   family(&out, "tokenrelay_upstream_connects_total", "counter",
          "New connections opened to replicas.");
   appendf(&out, "tokenrelay_upstream_connects_total %llu\n",

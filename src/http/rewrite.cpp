@@ -128,7 +128,7 @@ void append_error_json(const ErrorReply& e, std::string* out) {
 }  // namespace
 
 void build_error_response(const ErrorReply& e, std::string_view request_id, bool keep_alive,
-                          std::string* out) {
+                          std::string* out, int retry_after_s) {
   std::string body;
   append_error_json(e, &body);
   body.push_back('\n');
@@ -139,6 +139,7 @@ void build_error_response(const ErrorReply& e, std::string_view request_id, bool
                         e.status, reason_phrase(e.status), body.size());
   out->append(line, static_cast<size_t>(n));
   if (!request_id.empty()) append_header(out, "x-request-id", request_id);
+  if (retry_after_s >= 0) append_header(out, "Retry-After", std::to_string(retry_after_s));
   if (!keep_alive) out->append("Connection: close\r\n");
   out->append("\r\n");
   out->append(body);

@@ -44,8 +44,9 @@ struct ErrorReply {
   std::string_view type;  // invalid_request_error, server_error, ...
   std::string_view code;  // short machine-readable reason
 };
+// <retry_after_s> >= 0 adds a Retry-After header (429, 503).
 void build_error_response(const ErrorReply& e, std::string_view request_id, bool keep_alive,
-                          std::string* out);
+                          std::string* out, int retry_after_s = -1);
 // The same error as one SSE event for a stream that already started.
 void build_error_event(const ErrorReply& e, std::string* out);
 

@@ -121,6 +121,17 @@ void ClientConn::on_timer(uintptr_t tag) {
       }
       return;
     case State::kWaiting:
+      if (queued_) {
+        w_->dequeue(this);
+        routing::ReplicaView v;
+        bool any_usable = false;
+        for (size_t i = 0; i < w_->replicas().size() && !any_usable; ++i) {
+          w_->replicas().view(i, &v);
+          any_usable = v.usable;
+        }
+        reject_saturated(any_usable);
+        return;
+      }
       if (backend_ >= 0) w_->report_replica_result(static_cast<uint32_t>(backend_), false);
       fail_before_head(Failure::upstream_timeout, 504,
                        "the replica did not start a response in time", "upstream_timeout");
@@ -268,6 +279,8 @@ void ClientConn::on_request_complete() {
     w_->new_request_id(&request_id_);
   }
   if (answer_locally()) return;
+  high_priority_ = http::ieq(req_.find("x-priority"), "high");
+  was_queued_ = false;
   if (!body_.empty()) {
     if (body_.capacity() < body_.size() + BodyInspector::kPadding) {
       body_.reserve(body_.size() + BodyInspector::kPadding);
@@ -315,25 +328,78 @@ void ClientConn::route_and_dispatch() {
   next_rank_ = 0;
   predicted_ttft_s_ = rk.predicted_ttft_s;
   if (nranked_ == 0) {
-    fail_before_head(Failure::upstream_connect, 503, "no replica is available",
-                     "no_replica_available");
+    if (rk.saturated) {
+      // Every usable replica is at its in-flight limit: wait in the bounded queue.
+      if (w_->enqueue(this, high_priority_)) {
+        was_queued_ = true;
+        w_->loop().timers().arm(&timer_, mono_ms(), cfg.admission.queue_timeout_ms);
+        return;
+      }
+      reject_saturated(true);
+      return;
+    }
+    reject_saturated(false);
     return;
   }
   w_->stats().backend(ranked_[0]).route_decisions.add();
   try_next_replica();
 }
 
+bool ClientConn::admit_from_queue() {
+  uint32_t max = w_->cfg().upstream.max_attempts < kMaxRanked
+                     ? w_->cfg().upstream.max_attempts
+                     : static_cast<uint32_t>(kMaxRanked);
+  routing::RouteRequest rr;
+  rr.facts = &facts_;
+  rr.cost = cost_;
+  w_->replicas().set_now(mono_ms());
+  routing::Ranking rk = w_->policy().rank(rr, w_->replicas(), std::span<uint32_t>(ranked_, max));
+  if (rk.count == 0 && rk.saturated) return false;
+  w_->loop().timers().disarm(&timer_);
+  if (rk.count == 0) {
+    reject_saturated(false);
+    return true;
+  }
+  w_->stats().queue_admitted.add();
+  nranked_ = static_cast<uint32_t>(rk.count);
+  next_rank_ = 0;
+  predicted_ttft_s_ = rk.predicted_ttft_s;
+  w_->stats().backend(ranked_[0]).route_decisions.add();
+  try_next_replica();
+  return true;
+}
+
+// 429 when replicas are there but saturated (the queue is full or the wait was
+// too long), 503 when none is usable. Both say when to come back.
+void ClientConn::reject_saturated(bool any_usable) {
+  int retry_after = static_cast<int>(w_->cfg().admission.retry_after_s);
+  if (any_usable) {
+    w_->stats().queue_rejected.add();
+    reply_error(429, "all replicas are saturated; retry later", "rate_limit_error",
+                "replicas_saturated", retry_after);
+  } else {
+    reply_error(503, "no replica is available", "server_error", "no_replica_available",
+                retry_after);
+  }
+}
+
 // Dispatch accounting (src/scores/table.hpp): the request is credited to the
 // replica it is sent to as prefill work; at its first token it moves to decode;
 // at the end (or when it moves to another replica) it is debited.
-void ClientConn::credit_dispatch() {
+bool ClientConn::credit_dispatch() {
   TR_ASSERT(phase_ == Phase::kNone && backend_ >= 0);
   scores::Dispatch& d = w_->shared().table->at(static_cast<size_t>(backend_)).dispatch;
-  d.inflight.fetch_add(1, std::memory_order_relaxed);
+  int64_t before = d.inflight.fetch_add(1, std::memory_order_relaxed);
+  uint32_t limit = w_->replicas().max_inflight(static_cast<size_t>(backend_));
+  if (limit && before >= static_cast<int64_t>(limit)) {
+    d.inflight.fetch_sub(1, std::memory_order_relaxed);  // another worker took the last slot
+    return false;
+  }
   d.prefill_requests.fetch_add(1, std::memory_order_relaxed);
   d.prefill_tokens.fetch_add(cost_.prompt_tokens, std::memory_order_relaxed);
   d.decode_tokens.fetch_add(cost_.output_tokens, std::memory_order_relaxed);
   phase_ = Phase::kPrefill;
+  return true;
 }
 
 void ClientConn::dispatch_first_token() {
@@ -361,11 +427,15 @@ void ClientConn::release_dispatch() {
 
 void ClientConn::try_next_replica() {
   const Config& cfg = w_->cfg();
+  bool lost_race = false;
   while (next_rank_ < nranked_) {
     uint32_t b = ranked_[next_rank_++];
     release_dispatch();
     backend_ = static_cast<int>(b);
-    credit_dispatch();
+    if (!credit_dispatch()) {
+      lost_race = true;
+      continue;
+    }
     if (UpstreamConn* u = w_->take_idle(b)) {
       w_->stats().upstream_reuses.add();
       u->attach(this);
@@ -387,6 +457,12 @@ void ClientConn::try_next_replica() {
     up_ = u;
     arm_timer_for_state();
     return;  // upstream_connected() continues
+  }
+  if (lost_race && w_->enqueue(this, high_priority_)) {
+    // The slots were taken between ranking and credit: wait like any saturated request.
+    was_queued_ = true;
+    w_->loop().timers().arm(&timer_, mono_ms(), cfg.admission.queue_timeout_ms);
+    return;
   }
   fail_before_head(Failure::upstream_connect, 502, "could not connect to any replica",
                    "upstream_connect_failed");
@@ -685,7 +761,9 @@ void ClientConn::release_upstream(bool reusable) {
 }
 
 void ClientConn::finish_exchange() {
+  bool freed = phase_ != Phase::kNone;
   release_dispatch();
+  if (freed) w_->pump_queue();  // a slot opened here: offer it to a waiting request
   staged_.clear();
   state_ = State::kReading;
   if (close_after_) {
@@ -744,14 +822,15 @@ void ClientConn::reply_local(int status, std::string_view json_body) {
   flush();
 }
 
-void ClientConn::reply_error(int status, const char* message, const char* type, const char* code) {
+void ClientConn::reply_error(int status, const char* message, const char* type, const char* code,
+                             int retry_after_s) {
   std::string resp;
   bool keep =
       client_keep_alive_ && !close_after_ && !draining_ && req_.head_done() && !req_.in_message();
   if (!keep) close_after_ = true;
   if (request_id_.empty()) w_->new_request_id(&request_id_);
   http::build_error_response(http::ErrorReply{status, message, type, code}, request_id_, keep,
-                             &resp);
+                             &resp, retry_after_s);
   out_.push_copy(resp);
   BackendStats& bs =
       backend_ >= 0 ? w_->stats().backend(static_cast<size_t>(backend_)) : w_->stats().none();
@@ -769,8 +848,10 @@ void ClientConn::abort_exchange(Failure why) {
   // Closing the upstream connection now is what makes vLLM abort the request and
   // free its KV cache; it is never returned to the pool.
   release_upstream(false);
+  bool freed = phase_ != Phase::kNone;
   release_dispatch();
   close_now();
+  if (freed) w_->pump_queue();
 }
 
 // ---- client output ---------------------------------------------------------
@@ -820,6 +901,7 @@ void ClientConn::on_recv_end(io::Socket* s, int err) {
 
 void ClientConn::close_now() {
   if (state_ == State::kClosing) return;
+  w_->dequeue(this);
   if (up_) release_upstream(false);
   release_dispatch();
   state_ = State::kClosing;

@@ -39,6 +39,7 @@ inline constexpr uint32_t kStreamSegmentsMax = 64;
 
 class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   friend class UpstreamConn;
+  friend class Worker;  // the admission queue links
 
  public:
   ClientConn(Worker* w, int fd);
@@ -57,6 +58,8 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   void upstream_ended(UpstreamConn* u, int err);
   void upstream_send_failed(UpstreamConn* u, int err);
   void upstream_body_piece(const char* p, size_t n);  // de-chunked response body
+  // Called by the worker's queue pump: routes again; false if still saturated.
+  bool admit_from_queue();
 
  private:
   enum class State : uint8_t {
@@ -89,10 +92,12 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   void fail_before_head(Failure why, int status, const char* message, const char* code);
   void fail_mid_stream(Failure why, const char* message);
   void reply_local(int status, std::string_view json_body);
-  void reply_error(int status, const char* message, const char* type, const char* code);
+  void reply_error(int status, const char* message, const char* type, const char* code,
+                   int retry_after_s = -1);
+  void reject_saturated(bool any_usable);
   void finish_exchange();
   void learn_from_response();
-  void credit_dispatch();
+  bool credit_dispatch();
   void dispatch_first_token();
   void release_dispatch();
   void release_upstream(bool reusable);
@@ -132,6 +137,13 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   Phase phase_ = Phase::kNone;  // dispatch accounting of the current attempt
   estimator::RequestCost cost_{};
   double predicted_ttft_s_ = -1;
+  // Admission queue (owned by the worker; links valid while queued_).
+  ClientConn* qprev_ = nullptr;
+  ClientConn* qnext_ = nullptr;
+  bool queued_ = false;
+  uint8_t qprio_ = 1;
+  bool high_priority_ = false;  // "X-Priority: high"
+  bool was_queued_ = false;
   UpstreamConn* up_ = nullptr;
   int64_t t_request_ns_ = 0;
   int64_t last_upstream_ms_ = 0;

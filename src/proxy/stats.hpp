@@ -107,6 +107,9 @@ class WorkerStats {
   Counter connections_accepted;
   Counter connections_rejected;  // over connections_per_worker
   std::atomic<int64_t> connections_open{0};
+  std::atomic<int64_t> queued{0};  // requests in the admission queue now
+  Counter queue_admitted;          // requests that waited and then got a replica
+  Counter queue_rejected;          // 429/503 from the admission queue (full or timed out)
   Counter failures[static_cast<size_t>(Failure::count_)];
   Counter upstream_connects;
   Counter upstream_reuses;

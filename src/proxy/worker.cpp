@@ -18,7 +18,8 @@
 namespace tr::proxy {
 
 namespace {
-enum : uintptr_t { kDrainTimer = 1 };
+enum : uintptr_t { kDrainTimer = 1, kQueueTimer = 2 };
+constexpr int64_t kQueuePumpMs = 10;  // capacity freed on other workers is seen this fast
 
 uint64_t xoroshiro_next(uint64_t s[2]) {
   uint64_t s0 = s[0];
@@ -40,10 +41,13 @@ TableSource::TableSource(const Config* cfg, const scores::Table* table)
     : table_(table), slow_start_ms_(cfg->eject.slow_start_ms) {
   fixed_.reserve(cfg->backends.size());
   for (const BackendConfig& b : cfg->backends) {
+    uint32_t limit = b.max_inflight ? b.max_inflight
+                     : cfg->admission.max_inflight ? cfg->admission.max_inflight
+                                                   : b.max_num_seqs;
     fixed_.push_back(Fixed{
         b.weight,
         b.max_num_batched_tokens ? b.max_num_batched_tokens : estimator::kDefaultBudgetTokens,
-        b.max_num_seqs ? b.max_num_seqs : estimator::kDefaultMaxNumSeqs});
+        b.max_num_seqs ? b.max_num_seqs : estimator::kDefaultMaxNumSeqs, limit});
   }
 }
 
@@ -60,6 +64,7 @@ void TableSource::view(size_t i, routing::ReplicaView* v) const {
     v->weight *= std::max(0.1, ramp);
   }
   int64_t inflight = d.inflight.load(std::memory_order_relaxed);
+  v->saturated = f.max_inflight && inflight >= static_cast<int64_t>(f.max_inflight);
   double prefill_requests = std::max<double>(0, d.prefill_requests.load(std::memory_order_relaxed));
   double prefill_tokens = std::max<double>(0, d.prefill_tokens.load(std::memory_order_relaxed));
   double decode_requests = std::max<double>(0, d.decode_requests.load(std::memory_order_relaxed));
@@ -119,6 +124,10 @@ Worker::Worker(Shared* shared, const WorkerOptions& opt)
   }
   drain_timer_.handler = this;
   drain_timer_.tag = kDrainTimer;
+  queue_timer_.handler = this;
+  queue_timer_.tag = kQueueTimer;
+  queue_max_ = std::max<size_t>(1, shared->cfg->admission.max_queue / std::max(1u, shared->workers));
+  if (shared->cfg->admission.max_queue == 0) queue_max_ = 0;
   listener_.handler = this;
 }
 
@@ -348,8 +357,84 @@ void Worker::maybe_finish_drain() {
   loop_->stop();
 }
 
+bool Worker::enqueue(ClientConn* c, bool high_priority) {
+  if (queued_ >= queue_max_) return false;
+  int q = high_priority ? 0 : 1;
+  c->qprio_ = static_cast<uint8_t>(q);
+  c->qprev_ = queue_tail_[q];
+  c->qnext_ = nullptr;
+  if (queue_tail_[q]) {
+    queue_tail_[q]->qnext_ = c;
+  } else {
+    queue_head_[q] = c;
+  }
+  queue_tail_[q] = c;
+  c->queued_ = true;
+  ++queued_;
+  stats_.queued.store(static_cast<int64_t>(queued_), std::memory_order_relaxed);
+  if (!queue_timer_.armed()) loop_->timers().arm(&queue_timer_, mono_ms(), kQueuePumpMs);
+  return true;
+}
+
+void Worker::requeue_front(ClientConn* c, int q) {
+  c->qprio_ = static_cast<uint8_t>(q);
+  c->qprev_ = nullptr;
+  c->qnext_ = queue_head_[q];
+  if (queue_head_[q]) {
+    queue_head_[q]->qprev_ = c;
+  } else {
+    queue_tail_[q] = c;
+  }
+  queue_head_[q] = c;
+  c->queued_ = true;
+  ++queued_;
+  stats_.queued.store(static_cast<int64_t>(queued_), std::memory_order_relaxed);
+  if (!queue_timer_.armed()) loop_->timers().arm(&queue_timer_, mono_ms(), kQueuePumpMs);
+}
+
+void Worker::dequeue(ClientConn* c) {
+  if (!c->queued_) return;
+  int q = c->qprio_;
+  if (c->qprev_) {
+    c->qprev_->qnext_ = c->qnext_;
+  } else {
+    queue_head_[q] = c->qnext_;
+  }
+  if (c->qnext_) {
+    c->qnext_->qprev_ = c->qprev_;
+  } else {
+    queue_tail_[q] = c->qprev_;
+  }
+  c->qprev_ = c->qnext_ = nullptr;
+  c->queued_ = false;
+  --queued_;
+  stats_.queued.store(static_cast<int64_t>(queued_), std::memory_order_relaxed);
+  if (queued_ == 0) loop_->timers().disarm(&queue_timer_);
+}
+
+void Worker::pump_queue() {
+  if (pumping_ || queued_ == 0) return;
+  pumping_ = true;
+  for (int q = 0; q < 2; ++q) {
+    while (ClientConn* c = queue_head_[q]) {
+      dequeue(c);
+      if (!c->admit_from_queue()) {  // still saturated: back to the front, stop here
+        requeue_front(c, q);
+        pumping_ = false;
+        return;
+      }
+    }
+  }
+  pumping_ = false;
+}
+
 void Worker::on_timer(uintptr_t tag) {
-  (void)tag;  // drain deadline: cut what is left
+  if (tag == kQueueTimer) {
+    pump_queue();
+    if (queued_ > 0) loop_->timers().arm(&queue_timer_, mono_ms(), kQueuePumpMs);
+    return;
+  }
+  // Drain deadline: cut what is left.
   if (!clients_.empty()) {
     TR_LOG_WARN("worker %u: drain timeout: closing %zu connections", opt_.index, clients_.size());
   }

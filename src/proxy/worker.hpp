@@ -45,7 +45,13 @@ class TableSource final : public routing::ReplicaSource {
     double weight;
     uint32_t budget_tokens;
     uint32_t max_num_seqs;
+    uint32_t max_inflight;  // 0 = no limit
   };
+
+ public:
+  uint32_t max_inflight(size_t i) const { return fixed_[i].max_inflight; }
+
+ private:
   const scores::Table* table_;
   std::vector<Fixed> fixed_;
   uint32_t slow_start_ms_;
@@ -55,6 +61,7 @@ class TableSource final : public routing::ReplicaSource {
 // Process-wide state a worker reads. Owned by main; outlives every worker.
 struct Shared {
   const Config* cfg = nullptr;
+  uint32_t workers = 1;
   scores::Table* table = nullptr;
   // Merged /v1/models body (from the poller). Called on worker threads.
   std::function<std::shared_ptr<const std::string>()> models_json;
@@ -108,6 +115,14 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   void give_idle(UpstreamConn* u);
   void forget_idle(UpstreamConn* u);
   void on_client_closed(ClientConn* c);
+  // Admission queue: requests waiting while every usable replica is saturated.
+  // Returns false when this worker's share of [admission] max_queue is full.
+  bool enqueue(ClientConn* c, bool high_priority);
+  void dequeue(ClientConn* c);
+  void requeue_front(ClientConn* c, int q);
+  // Offers capacity to queued requests, oldest (high priority first) first.
+  void pump_queue();
+  size_t queued() const { return queued_; }
   void on_upstream_closed(UpstreamConn* u);
   void track_upstream(UpstreamConn* u);
 
@@ -138,8 +153,15 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   io::Socket listener_;
   bool listener_open_ = false;
   io::Timer drain_timer_;
+  io::Timer queue_timer_;  // re-offers capacity while requests wait
+  ClientConn* queue_head_[2] = {nullptr, nullptr};  // [0] high priority, [1] normal
+  ClientConn* queue_tail_[2] = {nullptr, nullptr};
+  size_t queued_ = 0;
+  size_t queue_max_ = 1;
+  bool pumping_ = false;
 
   WorkerStats stats_;
+  friend class ClientConn;
   BodyInspector inspector_;
   std::unique_ptr<routing::Policy> policy_;
   TableSource replicas_;

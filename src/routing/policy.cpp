@@ -48,9 +48,14 @@ class ScoringPolicy : public Policy {
     ReplicaView v;
     const uint32_t start = cursor_++ % static_cast<uint32_t>(n);
     const uint64_t salt = rng_.next();
+    bool saw_saturated = false;
     auto consider = [&](uint32_t i) {
       src.view(i, &v);
       if (!v.usable) return;
+      if (v.saturated) {
+        saw_saturated = true;
+        return;
+      }
       // Equal scores: in turn from a rotating start, or in a random order
       // (a per-decision salt hashed with the index: one multiply, no RNG call).
       double tie = round_robin_ties_
@@ -77,6 +82,7 @@ class ScoringPolicy : public Policy {
     // Only the first out.size() places matter (a few: max_attempts): select
     // them instead of sorting everything.
     r.count = std::min(m, out.size());
+    r.saturated = m == 0 && saw_saturated;
     auto better = [](const Scored& a, const Scored& b) {
       if (a.score != b.score) return a.score < b.score;
       return a.tiebreak < b.tiebreak;
@@ -165,11 +171,14 @@ class RoundRobin final : public Policy {
     if (n == 0) return r;
     uint32_t start = cursor_++ % static_cast<uint32_t>(n);
     ReplicaView v;
+    bool saw_saturated = false;
     for (size_t k = 0; k < n && r.count < out.size(); ++k) {
       uint32_t i = static_cast<uint32_t>((start + k) % n);
       src.view(i, &v);
-      if (v.usable) out[r.count++] = i;
+      if (v.usable && v.saturated) saw_saturated = true;
+      if (v.usable && !v.saturated) out[r.count++] = i;
     }
+    r.saturated = r.count == 0 && saw_saturated;
     return r;
   }
 
@@ -199,7 +208,7 @@ class PowerOfTwo final : public Policy {
       if (have_a && i == a) continue;
       ReplicaView& v = have_a ? vb : va;
       src.view(i, &v);
-      if (!v.usable) continue;
+      if (!v.usable || v.saturated) continue;
       (have_a ? b : a) = i;
       (have_a ? have_b : have_a) = true;
     }

@@ -24,7 +24,8 @@ namespace tr::routing {
 // the best-known engine load (scrape combined with accounting) and the
 // estimator's inputs.
 struct ReplicaView {
-  bool usable = true;    // up and not excluded
+  bool usable = true;    // up and not ejected
+  bool saturated = false;  // at its in-flight limit: not ranked now (the caller may queue)
   double weight = 1.0;   // [backend NAME] weight
   int64_t inflight = 0;  // requests this process has in flight there
   double running = 0;    // best-known requests running (>= 0)
@@ -52,6 +53,7 @@ struct RouteRequest {
 // estimator predicted (latency policy only; negative otherwise).
 struct Ranking {
   size_t count = 0;
+  bool saturated = false;  // count == 0 because every usable replica was saturated
   double predicted_ttft_s = -1;
   double predicted_completion_s = -1;
 };
