@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -24,46 +25,48 @@ constexpr int64_t kTimeMsMax = 253402300799999;
 // Durations are clamped so a fixed-point number stays short (~31 years in ms).
 constexpr double kMsMax = 1e12;
 
-// Length of the longest prefix of <s> that is well-formed UTF-8 (RFC 3629: no
-// overlong forms, no surrogates, nothing above U+10FFFF).
-size_t valid_utf8_prefix(std::string_view s) {
-  size_t i = 0;
-  const size_t n = s.size();
-  while (i < n) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t len;
-    unsigned char lo = 0x80, hi = 0xbf;  // allowed range of the second byte
-    if (c >= 0xc2 && c <= 0xdf) {
-      len = 2;
-    } else if (c >= 0xe0 && c <= 0xef) {
-      len = 3;
-      if (c == 0xe0) lo = 0xa0;  // overlong
-      if (c == 0xed) hi = 0x9f;  // surrogates
-    } else if (c >= 0xf0 && c <= 0xf4) {
-      len = 4;
-      if (c == 0xf0) lo = 0x90;  // overlong
-      if (c == 0xf4) hi = 0x8f;  // above U+10FFFF
-    } else {
-      return i;
-    }
-    if (n - i < len) return i;
-    unsigned char c1 = static_cast<unsigned char>(s[i + 1]);
-    if (c1 < lo || c1 > hi) return i;
-    for (size_t k = 2; k < len; ++k) {
-      unsigned char ck = static_cast<unsigned char>(s[i + k]);
-      if (ck < 0x80 || ck > 0xbf) return i;
-    }
-    i += len;
+// Length of the well-formed UTF-8 sequence (RFC 3629: no overlong forms, no
+// surrogates, nothing above U+10FFFF) at the start of <s>, whose first byte is
+// >= 0x80; 0 when there is none.
+size_t utf8_sequence_bytes(std::string_view s) {
+  unsigned char c = static_cast<unsigned char>(s[0]);
+  size_t len;
+  unsigned char lo = 0x80, hi = 0xbf;  // allowed range of the second byte
+  if (c >= 0xc2 && c <= 0xdf) {
+    len = 2;
+  } else if (c >= 0xe0 && c <= 0xef) {
+    len = 3;
+    if (c == 0xe0) lo = 0xa0;  // overlong
+    if (c == 0xed) hi = 0x9f;  // surrogates
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    len = 4;
+    if (c == 0xf0) lo = 0x90;  // overlong
+    if (c == 0xf4) hi = 0x8f;  // above U+10FFFF
+  } else {
+    return 0;
   }
-  return n;
+  if (s.size() < len) return 0;
+  unsigned char c1 = static_cast<unsigned char>(s[1]);
+  if (c1 < lo || c1 > hi) return 0;
+  for (size_t k = 2; k < len; ++k) {
+    unsigned char ck = static_cast<unsigned char>(s[k]);
+    if (ck < 0x80 || ck > 0xbf) return 0;
+  }
+  return len;
 }
 
+// Bytes copied to a JSON string as they are: printable ASCII but '"' and '\\'.
+constexpr std::array<bool, 256> kPlainByte = [] {
+  std::array<bool, 256> t{};
+  for (int c = 0x20; c < 0x80; ++c)
+    t[static_cast<size_t>(c)] = c != '"' && c != '\\';
+  return t;
+}();
+
 // Appends <s> as a JSON string (with quotes): cut to kFieldBytesMax at a
-// character boundary, escaped, each invalid UTF-8 byte replaced by \ufffd.
+// character boundary; runs of plain ASCII copied in bulk; quotes, backslashes
+// and control bytes escaped by json_escape_append(); well-formed UTF-8 copied
+// as is; each byte that does not start a well-formed sequence becomes \ufffd.
 void append_string(std::string* out, std::string_view s) {
   if (s.size() > kFieldBytesMax) {
     size_t cut = kFieldBytesMax;
@@ -73,13 +76,28 @@ void append_string(std::string* out, std::string_view s) {
     s = s.substr(0, cut);
   }
   out->push_back('"');
-  while (!s.empty()) {
-    size_t ok = valid_utf8_prefix(s);
-    json_escape_append(*out, s.substr(0, ok));
-    if (ok == s.size()) break;
-    out->append("\\ufffd");
-    s.remove_prefix(ok + 1);
+  size_t run = 0;  // first plain byte not appended yet
+  size_t i = 0;
+  while (i < s.size()) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (kPlainByte[c]) {
+      ++i;
+      continue;
+    }
+    out->append(s.data() + run, i - run);
+    if (c < 0x80) {
+      json_escape_append(*out, s.substr(i, 1));
+      ++i;
+    } else if (size_t len = utf8_sequence_bytes(s.substr(i)); len > 0) {
+      out->append(s.data() + i, len);
+      i += len;
+    } else {
+      out->append("\\ufffd");
+      ++i;
+    }
+    run = i;
   }
+  out->append(s.data() + run, i - run);
   out->push_back('"');
 }
 
@@ -99,25 +117,26 @@ void append_int(std::string* out, T v) {
   out->append(buf, static_cast<size_t>(r.ptr - buf));
 }
 
-// Milliseconds with 3 decimals; null when negative or not finite.
+void put_digits(char* p, int64_t v, int width) {
+  for (int i = width - 1; i >= 0; --i) {
+    p[i] = static_cast<char>('0' + v % 10);
+    v /= 10;
+  }
+}
+
+// Milliseconds with 3 decimals (rounded to the microsecond); null when
+// negative or not finite.
 void append_ms(std::string* out, double v) {
   if (!std::isfinite(v) || v < 0) {
     out->append("null");
     return;
   }
   if (v > kMsMax) v = kMsMax;
-  char buf[32];
-  std::to_chars_result r =
-      std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed, 3);
-  TR_DASSERT(r.ec == std::errc());
-  out->append(buf, static_cast<size_t>(r.ptr - buf));
-}
-
-void put_digits(char* p, int64_t v, int width) {
-  for (int i = width - 1; i >= 0; --i) {
-    p[i] = static_cast<char>('0' + v % 10);
-    v /= 10;
-  }
+  int64_t us = std::llround(v * 1000.0);
+  append_int(out, us / 1000);
+  char frac[4] = {'.', '0', '0', '0'};
+  put_digits(frac + 1, us % 1000, 3);
+  out->append(frac, sizeof frac);
 }
 
 // "YYYY-MM-DDTHH:MM:SS.mmmZ" (with quotes). Days to civil date: H. Hinnant's
@@ -137,7 +156,7 @@ void append_time(std::string* out, int64_t ms) {
   int64_t day = doy - (153 * mp + 2) / 5 + 1;
   int64_t month = mp < 10 ? mp + 3 : mp - 9;
   int64_t year = yoe + era * 400 + (month <= 2 ? 1 : 0);
-  char b[26] = "\"0000-00-00T00:00:00.000Z\"";
+  char b[] = "\"0000-00-00T00:00:00.000Z\"";
   put_digits(b + 1, year, 4);
   put_digits(b + 6, month, 2);
   put_digits(b + 9, day, 2);
@@ -145,7 +164,7 @@ void append_time(std::string* out, int64_t ms) {
   put_digits(b + 15, in_day / 60'000 % 60, 2);
   put_digits(b + 18, in_day / 1000 % 60, 2);
   put_digits(b + 21, in_day % 1000, 3);
-  out->append(b, 26);
+  out->append(b, sizeof b - 1);
 }
 
 }  // namespace
@@ -282,7 +301,8 @@ void AccessLogWriter::write_buffer() {
       err = ENOSPC;
       std::string_view written(buf_.data(), static_cast<size_t>(n));
       uint64_t whole = 0;
-      for (char c : written) whole += c == '\n' ? 1 : 0;
+      for (char c : written)
+        whole += c == '\n' ? 1 : 0;
       lost = buf_lines_ - whole;
       if (n > 0 && written.back() != '\n') {
         [[maybe_unused]] ssize_t m = ::write(fd_, "\n", 1);

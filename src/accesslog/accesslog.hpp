@@ -47,7 +47,7 @@ static_assert(kLineBytesMax < 64 * 1024);
 // keeps its previous fd meanwhile, if it has one.
 inline constexpr int64_t kReopenRetryMs = 1000;
 
-struct Record {        // all views valid only during the call
+struct Record {         // all views valid only during the call
   int64_t time_ms = 0;  // wall clock (Unix ms), written as ISO-8601 UTC with milliseconds
   std::string_view request_id, client, method, path, model, backend;
   std::string_view termination;  // "ok", "client_abort", "upstream_reset", ...
@@ -136,7 +136,7 @@ class AccessLogWriter {
   std::string buf_;         // formatted lines not yet written; capacity reserved once
   uint32_t buf_lines_ = 0;  // lines in buf_
   int fd_ = -1;
-  uint64_t generation_ = 0;  // of the fd we hold; 0 = never opened
+  uint64_t generation_ = 0;     // of the fd we hold; 0 = never opened
   bool retry_pending_ = false;  // the last open failed: try again at retry_at_ms_
   int64_t retry_at_ms_ = 0;     // monotonic
   bool failing_ = false;        // the last write failed (logged once per episode)

@@ -21,8 +21,10 @@ bool is_blank(char c) {
 }
 
 std::string_view trim(std::string_view s) {
-  while (!s.empty() && is_blank(s.front())) s.remove_prefix(1);
-  while (!s.empty() && is_blank(s.back())) s.remove_suffix(1);
+  while (!s.empty() && is_blank(s.front()))
+    s.remove_prefix(1);
+  while (!s.empty() && is_blank(s.back()))
+    s.remove_suffix(1);
   return s;
 }
 
@@ -180,8 +182,7 @@ bool KeySet::parse(std::string_view text, const std::string& name, KeySet* out,
   return true;
 }
 
-bool KeySet::load(const std::string& path, KeySet* out, std::string* error,
-                  std::string* warning) {
+bool KeySet::load(const std::string& path, KeySet* out, std::string* error, std::string* warning) {
   TR_ASSERT(warning != nullptr);
   warning->clear();
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
@@ -238,14 +239,17 @@ bool KeySet::load(const std::string& path, KeySet* out, std::string* error,
 bool parse_bearer(std::string_view header_value, std::string_view* token) {
   constexpr std::string_view kScheme = "bearer";
   std::string_view v = header_value;
-  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t'))
+    v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t'))
+    v.remove_suffix(1);
   if (v.size() <= kScheme.size() || !ascii_ieq(v.substr(0, kScheme.size()), kScheme)) {
     return false;
   }
   v.remove_prefix(kScheme.size());
   if (v.front() != ' ') return false;  // "Bearerx" is another scheme
-  while (!v.empty() && v.front() == ' ') v.remove_prefix(1);
+  while (!v.empty() && v.front() == ' ')
+    v.remove_prefix(1);
   if (v.empty()) return false;
   for (char c : v) {
     if (!is_token_byte(c)) return false;

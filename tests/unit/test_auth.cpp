@@ -53,7 +53,8 @@ struct TempDir {
     path = tmpl;
   }
   ~TempDir() {
-    for (const std::string& f : files) unlink(f.c_str());
+    for (const std::string& f : files)
+      unlink(f.c_str());
     rmdir(path.c_str());
   }
   std::string write(const std::string& name, const std::string& text, mode_t mode) {
@@ -89,14 +90,19 @@ TEST_CASE("sha256 matches sha256sum", "[auth]") {
 }
 
 TEST_CASE("plaintext and sha256 keys, comments and blank lines", "[auth]") {
-  std::string text = "# tokenrelay API keys\n"
-                     "\n"
-                     "key1\n"
-                     "   \t  \n"
-                     "  # indented comment\n"
-                     "sha256:" + std::string(kSha256SkTest2) + "\r\n"
-                     "\tsha256:" + upper(kSha256Hello) + "  \n"
-                     "last-key-without-newline";
+  std::string text =
+      "# tokenrelay API keys\n"
+      "\n"
+      "key1\n"
+      "   \t  \n"
+      "  # indented comment\n"
+      "sha256:" +
+      std::string(kSha256SkTest2) +
+      "\r\n"
+      "\tsha256:" +
+      upper(kSha256Hello) +
+      "  \n"
+      "last-key-without-newline";
   KeySet ks;
   std::string err;
   REQUIRE(KeySet::parse(text, "keys.txt", &ks, &err));
@@ -108,10 +114,10 @@ TEST_CASE("plaintext and sha256 keys, comments and blank lines", "[auth]") {
   CHECK(ks.check("last-key-without-newline"));
 
   CHECK_FALSE(ks.check(""));
-  CHECK_FALSE(ks.check("key"));     // prefix
-  CHECK_FALSE(ks.check("key12"));   // extension
-  CHECK_FALSE(ks.check("KEY1"));    // keys are case-sensitive
-  CHECK_FALSE(ks.check(" key1"));   // no trimming of the presented token
+  CHECK_FALSE(ks.check("key"));    // prefix
+  CHECK_FALSE(ks.check("key12"));  // extension
+  CHECK_FALSE(ks.check("KEY1"));   // keys are case-sensitive
+  CHECK_FALSE(ks.check(" key1"));  // no trimming of the presented token
   CHECK_FALSE(ks.check("sha256:" + std::string(kSha256SkTest2)));  // the digest is not the key
   CHECK_FALSE(ks.check("# tokenrelay API keys"));
 }
@@ -148,11 +154,11 @@ TEST_CASE("key file errors name the line", "[auth]") {
   CHECK(parse_error("ok\n" + std::string(tr::auth::kKeyBytesMax + 1, 'k') + "\n") ==
         "keys.txt:2: key longer than 4096 bytes");
   CHECK(parse_error("") == "keys.txt: no key (every request would be rejected)");
-  CHECK(parse_error("# only comments\n\n") ==
-        "keys.txt: no key (every request would be rejected)");
+  CHECK(parse_error("# only comments\n\n") == "keys.txt: no key (every request would be rejected)");
 
   std::string many;
-  for (size_t i = 0; i <= tr::auth::kKeysMax; ++i) many += "key" + std::to_string(i) + "\n";
+  for (size_t i = 0; i <= tr::auth::kKeysMax; ++i)
+    many += "key" + std::to_string(i) + "\n";
   CHECK(parse_error(many) == "keys.txt: more than 1024 keys");
 }
 
@@ -231,7 +237,8 @@ TEST_CASE("check compares the digest with every key, wherever the match is", "[a
 
   // KeySet::check goes through the same function: same answers.
   std::string text;
-  for (size_t i = 0; i < kN; ++i) text += "key" + std::to_string(i) + "\n";
+  for (size_t i = 0; i < kN; ++i)
+    text += "key" + std::to_string(i) + "\n";
   KeySet ks;
   std::string err;
   REQUIRE(KeySet::parse(text, "k", &ks, &err));
@@ -275,8 +282,14 @@ TEST_CASE("parse_bearer: other schemes and empty or malformed tokens", "[auth]")
   CHECK_FALSE(parse_bearer("Bearer\tsk-abc", &tok));  // RFC 9110: 1*SP after the scheme
   CHECK_FALSE(parse_bearer("Bearer: sk-abc", &tok));
   CHECK_FALSE(parse_bearer("Bearer sk abc", &tok));
-  CHECK_FALSE(parse_bearer("Bearer sk-\x01" "abc", &tok));
-  CHECK_FALSE(parse_bearer("Bearer sk-\x7f" "abc", &tok));
+  CHECK_FALSE(
+      parse_bearer("Bearer sk-\x01"
+                   "abc",
+                   &tok));
+  CHECK_FALSE(
+      parse_bearer("Bearer sk-\x7f"
+                   "abc",
+                   &tok));
   CHECK_FALSE(parse_bearer("Bear sk-abc", &tok));
   CHECK_FALSE(parse_bearer("Bearer\r\nX: y", &tok));
   CHECK(tok == "untouched");
