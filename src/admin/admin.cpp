@@ -259,6 +259,10 @@ std::string render_metrics(const Sources& src) {
          "New connections opened to replicas.");
   appendf(&out, "tokenrelay_upstream_connects_total %llu\n",
           sum([](const proxy::WorkerStats& w) { return w.upstream_connects.get(); }));
+  family(&out, "tokenrelay_upstream_received_bytes_total", "counter",
+         "Response bytes read from replicas.");
+  appendf(&out, "tokenrelay_upstream_received_bytes_total %llu\n",
+          sum([](const proxy::WorkerStats& w) { return w.upstream_bytes_in.get(); }));
   family(&out, "tokenrelay_upstream_reuses_total", "counter",
          "Requests sent on a pooled keep-alive connection.");
   appendf(&out, "tokenrelay_upstream_reuses_total %llu\n",

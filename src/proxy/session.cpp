@@ -90,15 +90,19 @@ void ClientConn::arm_timer_for_state() {
   int64_t now = mono_ms();
   switch (state_) {
     case State::kReading:
+      // Header: a total budget from the first byte. Body: idle time between reads.
+      // Between requests: keep-alive idle (or the write timeout while flushing).
       w_->loop().timers().arm(&timer_, now,
-                              req_.in_message() ? t.client_header_ms : t.keepalive_idle_ms);
+                              !req_.in_message() ? t.keepalive_idle_ms
+                              : req_.head_done() ? t.client_body_idle_ms
+                                                 : t.client_header_ms);
       break;
     case State::kWaiting:
       w_->loop().timers().arm(&timer_, now, t.upstream_first_byte_ms);
       break;
     case State::kRelaying:
       last_upstream_ms_ = now;
-      w_->loop().timers().arm(&timer_, now, t.upstream_idle_ms);
+      w_->loop().timers().arm(&timer_, now, std::min(t.upstream_idle_ms, t.client_write_ms));
       break;
     case State::kClosing:
       w_->loop().timers().disarm(&timer_);
@@ -111,6 +115,28 @@ void ClientConn::on_timer(uintptr_t tag) {
   const TimeoutsConfig& t = w_->cfg().timeouts;
   switch (state_) {
     case State::kReading:
+      if (!out_.empty() && client_write_stalled()) {
+        w_->stats().failures[static_cast<size_t>(Failure::client_timeout)].add();
+        close_now();  // a finished response the client never read
+        return;
+      }
+      if (req_.in_message() && req_.head_done()) {
+        int64_t now = mono_ms();
+        int64_t idle = now - last_client_ms_;
+        if (idle < static_cast<int64_t>(t.client_body_idle_ms)) {
+          w_->loop().timers().arm(&timer_, now, t.client_body_idle_ms - idle);
+          return;
+        }
+        w_->stats().failures[static_cast<size_t>(Failure::client_timeout)].add();
+        close_after_ = true;
+        reply_error(408, "request body not received in time", "invalid_request_error",
+                    "request_timeout");
+        return;
+      }
+      if (!out_.empty()) {  // flushing: the write timeout governs, checked above
+        w_->loop().timers().arm(&timer_, mono_ms(), t.client_write_ms);
+        return;
+      }
       if (req_.in_message()) {
         w_->stats().failures[static_cast<size_t>(Failure::bad_request)].add();
         close_after_ = true;
@@ -137,14 +163,26 @@ void ClientConn::on_timer(uintptr_t tag) {
                        "the replica did not start a response in time", "upstream_timeout");
       return;
     case State::kRelaying: {
-      // Re-armed lazily: data moves last_upstream_ms_ forward without touching the heap.
+      // Re-armed lazily: progress moves last_*_ms_ forward without touching the heap.
       int64_t now = mono_ms();
-      int64_t idle = now - last_upstream_ms_;
-      if (idle < static_cast<int64_t>(t.upstream_idle_ms)) {
-        w_->loop().timers().arm(&timer_, now, t.upstream_idle_ms - idle);
+      if (client_write_stalled()) {
+        // A client that stopped reading: its replica is paused by back-pressure;
+        // after client_write_ms the stream is abandoned (and vLLM told, by FIN).
+        abort_exchange(Failure::client_timeout);
         return;
       }
-      fail_mid_stream(Failure::upstream_timeout, "the replica stopped sending tokens");
+      // While back-pressure holds the replica, its silence is ours, not its.
+      if (up_ && !up_->sock_.recv_on()) last_upstream_ms_ = now;
+      int64_t idle = now - last_upstream_ms_;
+      if (idle >= static_cast<int64_t>(t.upstream_idle_ms)) {
+        fail_mid_stream(Failure::upstream_timeout, "the replica stopped sending tokens");
+        return;
+      }
+      // Look again within client_write_ms: the client may stop reading any time.
+      int64_t write_left = out_.empty() ? static_cast<int64_t>(t.client_write_ms)
+                                        : t.client_write_ms - (now - last_send_progress_ms_);
+      int64_t next = std::min<int64_t>(t.upstream_idle_ms - idle, write_left);
+      w_->loop().timers().arm(&timer_, now, std::max<int64_t>(next, 1));
       return;
     }
     case State::kClosing:
@@ -154,8 +192,15 @@ void ClientConn::on_timer(uintptr_t tag) {
 
 // ---- client input ----------------------------------------------------------
 
+// True when bytes wait for the client and none were taken for client_write_ms.
+bool ClientConn::client_write_stalled() const {
+  return !out_.empty() &&
+         mono_ms() - last_send_progress_ms_ >= static_cast<int64_t>(w_->cfg().timeouts.client_write_ms);
+}
+
 void ClientConn::on_recv(io::Socket* s, uint16_t bid, char* data, uint32_t len) {
   (void)s;
+  last_client_ms_ = mono_ms();
   if (state_ == State::kReading && pending_.empty()) {
     feed_request_bytes(data, len);
   } else if (state_ != State::kClosing) {
@@ -239,6 +284,8 @@ void ClientConn::process_pending() {
 }
 
 void ClientConn::on_request_head() {
+  last_client_ms_ = mono_ms();
+  arm_timer_for_state();  // the body idle timeout from here on
   client_http10_ = req_.http_minor() == 0;
   client_keep_alive_ = req_.keep_alive();
   is_head_ = req_.is_head_method();
@@ -858,6 +905,8 @@ void ClientConn::abort_exchange(Failure why) {
 
 void ClientConn::flush() {
   if (state_ == State::kClosing || sock_.send_busy() || out_.empty()) return;
+  if (!sending_) last_send_progress_ms_ = mono_ms();  // the clock starts with the bytes
+  sending_ = true;
   out_.fill(&sock_);
   w_->loop().send(&sock_);
 }
@@ -873,6 +922,8 @@ void ClientConn::on_send(io::Socket* s, int res) {
     return;
   }
   out_.consume(static_cast<uint64_t>(res));
+  if (res > 0) last_send_progress_ms_ = mono_ms();
+  if (out_.empty()) sending_ = false;
   if (up_ && state_ == State::kRelaying && !up_->sock_.recv_on() && !up_->closing_ &&
       client_caught_up()) {
     w_->loop().recv_start(&up_->sock_);  // the client caught up: read the replica again
@@ -1006,6 +1057,7 @@ void UpstreamConn::on_recv(io::Socket* s, uint16_t bid, char* data, uint32_t len
     return;
   }
   got_bytes_ = true;
+  w_->stats().upstream_bytes_in.add(len);
   ClientConn* c = client_;
   c->upstream_data(this, bid, data, len);
   w_->loop().pool().unref(bid);

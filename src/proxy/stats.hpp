@@ -50,11 +50,12 @@ enum class Failure : uint8_t {
   upstream_protocol,   // replica sent invalid HTTP
   upstream_timeout,    // first byte or idle timeout
   bad_request,         // malformed client request
+  client_timeout,      // client too slow: header/body not received, or not reading
   count_,
 };
 inline constexpr const char* kFailureNames[] = {
     "client_abort",      "upstream_connect", "upstream_reset", "upstream_midstream",
-    "upstream_protocol", "upstream_timeout", "bad_request"};
+    "upstream_protocol", "upstream_timeout", "bad_request",    "client_timeout"};
 
 struct alignas(64) BackendStats {
   Counter requests[kCodeSlots];  // by final status code
@@ -112,6 +113,7 @@ class WorkerStats {
   Counter queue_rejected;          // 429/503 from the admission queue (full or timed out)
   Counter failures[static_cast<size_t>(Failure::count_)];
   Counter upstream_connects;
+  Counter upstream_bytes_in;  // response bytes read from replicas
   Counter upstream_reuses;
   Histogram<sizeof(kDecisionBuckets) / sizeof(double)> route_decision{kDecisionBuckets};
   Histogram<sizeof(kTtftErrorBuckets) / sizeof(double)> ttft_error{kTtftErrorBuckets};
