@@ -17,7 +17,9 @@
 #include <string>
 #include <vector>
 
+#include "accesslog/accesslog.hpp"
 #include "admin/admin.hpp"
+#include "auth/auth.hpp"
 #include "config/config.hpp"
 #include "core/log.hpp"
 #include "poller/poller.hpp"
@@ -146,9 +148,30 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", cerr.str().c_str());
     return 1;
   }
+  // Files the config points at are part of it: a bad key file fails --check too.
+  std::unique_ptr<tr::auth::KeySet> keys;
+  if (!cfg.auth.api_keys_file.empty()) {
+    keys = std::make_unique<tr::auth::KeySet>();
+    std::string err;
+    std::string warning;
+    if (!tr::auth::KeySet::load(cfg.auth.api_keys_file, keys.get(), &err, &warning)) {
+      std::fprintf(stderr, "%s\n", err.c_str());
+      return 1;
+    }
+    if (!warning.empty()) TR_LOG_WARN("%s", warning.c_str());
+  }
   if (check_only) {
-    std::printf("%s: ok (%zu replicas)\n", config_path.c_str(), cfg.backends.size());
+    std::printf("%s: ok (%zu replicas%s)\n", config_path.c_str(), cfg.backends.size(),
+                keys ? ", API keys required" : "");
     return 0;
+  }
+  tr::accesslog::AccessLog access_log;
+  if (!cfg.log.access_log.empty()) {
+    std::string err;
+    if (!access_log.open(cfg.log.access_log, &err)) {
+      TR_LOG_ERROR("%s", err.c_str());
+      return 1;
+    }
   }
 
   // Signals are taken synchronously by this thread; workers inherit the mask.
@@ -183,6 +206,8 @@ int main(int argc, char** argv) {
 
   tr::proxy::Shared shared;
   shared.cfg = &cfg;
+  shared.keys = keys.get();
+  shared.access_log = access_log.is_open() ? &access_log : nullptr;
   shared.workers = static_cast<uint32_t>(nworkers);
   shared.table = &table;
   shared.models_json = [&poller] { return poller.models_json(); };
@@ -250,7 +275,12 @@ int main(int argc, char** argv) {
     if (sig == SIGHUP) {
       TR_LOG_WARN("SIGHUP: configuration reload is not supported yet; keeping the current one");
     }
-    // SIGUSR1: no access log to reopen yet.
+    if (sig == SIGUSR1) {
+      if (access_log.is_open()) {
+        access_log.request_reopen();
+        TR_LOG_INFO("SIGUSR1: reopening the access log %s", cfg.log.access_log.c_str());
+      }
+    }
   }
   for (auto& w : workers)
     w->request_drain();

@@ -37,6 +37,7 @@ struct BackendConfig {
   uint32_t max_num_seqs = 0;
   double weight = 1.0;
   uint32_t max_inflight = 0;  // 0 = [admission] max_inflight / max_num_seqs
+  std::string api_key;        // sent upstream as "Authorization: Bearer" ("" = none)
   int line = 0;  // line of the section header, for messages
 };
 
@@ -114,6 +115,14 @@ struct RoutingConfig {
   uint32_t sample_size = 16;       // [routing] sample_size: replicas evaluated per decision
 };
 
+struct AuthConfig {
+  std::string api_keys_file;  // [auth] api_keys_file ("" = authentication off)
+};
+
+struct LogConfig {
+  std::string access_log;  // [log] access_log ("" = off)
+};
+
 struct Config {
   std::string path;  // file it was loaded from
   ProxyConfig proxy;
@@ -125,6 +134,8 @@ struct Config {
   RoutingConfig routing;
   EjectConfig eject;
   AdmissionConfig admission;
+  AuthConfig auth;
+  LogConfig log;
   std::vector<BackendConfig> backends;  // in file order
 };
 

@@ -224,6 +224,10 @@ std::string render_metrics(const Sources& src) {
             sum([r](const proxy::WorkerStats& w) { return w.failures[r].get(); }));
   }
 
+  family(&out, "tokenrelay_auth_failures_total", "counter",
+         "Requests refused with 401 (missing or wrong API key).");
+  appendf(&out, "tokenrelay_auth_failures_total %llu\n",
+          sum([](const proxy::WorkerStats& w) { return w.auth_failures.get(); }));
   family(&out, "tokenrelay_request_json_malformed_total", "counter",
          "Request bodies that were not valid JSON (forwarded unchanged).");
   appendf(&out, "tokenrelay_request_json_malformed_total %llu\n",

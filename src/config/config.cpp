@@ -62,12 +62,14 @@ enum class Section : uint8_t {
   routing,
   eject,
   admission,
+  auth,
+  log,
   backend
 };
-constexpr size_t kSectionCount = 10;
+constexpr size_t kSectionCount = 12;
 constexpr std::array<std::string_view, kSectionCount> kSectionNames = {
-    "proxy",  "admin", "poller",    "limits", "timeouts", "upstream", "routing",
-    "eject",  "admission", "backend"};
+    "proxy", "admin",     "poller", "limits", "timeouts", "upstream",
+    "routing", "eject", "admission", "auth", "log",      "backend"};
 
 // [routing] policy values (src/routing/policy.hpp parses the same names).
 constexpr std::string_view kPolicyNames[] = {"round_robin", "least_requests", "power_of_two",
@@ -80,6 +82,7 @@ enum class Kind : uint8_t {
   real,      // decimal number in (real_min, real_max]
   io_mode,   // auto | io_uring | epoll
   policy,    // one of kPolicyNames
+  text,      // any string, "" = unset (paths, keys)
   sockaddr,  // host:port, [v6]:port, *:port
   url,       // http://host[:port][/base]
 };
@@ -456,6 +459,21 @@ constexpr Key kKeys[] = {
      .max = 3600,
      .doc = "Retry-After header on 429 and 503 answers.",
      .u32 = TR_CFG(uint32_t, admission.retry_after_s)},
+    // [auth]
+    {.section = S::auth,
+     .name = "api_keys_file",
+     .kind = K::text,
+     .default_text = "",
+     .doc = "File of accepted API keys (one per line, or sha256:<hex>); clients must send "
+            "Authorization: Bearer KEY. Unset = no authentication.",
+     .text = TR_CFG(std::string, auth.api_keys_file)},
+    // [log]
+    {.section = S::log,
+     .name = "access_log",
+     .kind = K::text,
+     .default_text = "",
+     .doc = "Access log path (JSON lines, one per request); unset = off. SIGUSR1 reopens it.",
+     .text = TR_CFG(std::string, log.access_log)},
     // [backend NAME]
     {.section = S::backend,
      .name = "url",
@@ -488,6 +506,12 @@ constexpr Key kKeys[] = {
      .doc = "Relative capacity of the replica, used by routing.",
      .real = TR_BACKEND(double, weight)},
     {.section = S::backend,
+     .name = "api_key",
+     .kind = K::text,
+     .default_text = "",
+     .doc = "Sent to this replica as Authorization: Bearer (vLLM started with --api-key).",
+     .text = TR_BACKEND(std::string, api_key)},
+    {.section = S::backend,
      .name = "max_inflight",
      .kind = K::u32,
      .default_text = "0",
@@ -510,7 +534,8 @@ constexpr bool key_is_consistent(const Key& k) {
   int targets = (k.u32 != nullptr) + (k.u64 != nullptr) + (k.real != nullptr) + (k.io != nullptr) +
                 (k.text != nullptr) + (k.addr != nullptr) + (k.backend != nullptr);
   if (targets != 1 || k.name.empty() || k.doc.empty()) return false;
-  if (k.default_text.empty() && k.kind != Kind::url) return false;  // only url may be required
+  // Only url may be required; text keys default to "" (unset).
+  if (k.default_text.empty() && k.kind != Kind::url && k.kind != Kind::text) return false;
   if (k.pow2 && !(is_pow2(k.min) && is_pow2(k.max))) return false;
   switch (k.kind) {
     case Kind::u32:
@@ -523,6 +548,7 @@ constexpr bool key_is_consistent(const Key& k) {
     case Kind::io_mode:
       return k.io != nullptr;
     case Kind::policy:
+    case Kind::text:
       return k.text != nullptr;
     case Kind::sockaddr:
       return k.addr != nullptr;
@@ -644,6 +670,9 @@ std::string bounds_text(const Key& k) {
     case Kind::policy:
       s = "round_robin, least_requests, power_of_two, kv_aware or latency";
       break;
+    case Kind::text:
+      s = "up to 4096 bytes";
+      break;
     case Kind::sockaddr:
       s = "port 0..65535";
       break;
@@ -668,6 +697,8 @@ std::string type_text(Kind kind) {
     case Kind::io_mode:
     case Kind::policy:
       return "enum";
+    case Kind::text:
+      return "string";
     case Kind::sockaddr:
       return "address: host:port, [v6]:port, *:port";
     case Kind::url:
@@ -695,6 +726,8 @@ std::string expected_text(const Key& k) {
       return "expected auto, io_uring or epoll";
     case Kind::policy:
       return "expected round_robin, least_requests, power_of_two, kv_aware or latency";
+    case Kind::text:
+      return "expected a value of at most 4096 bytes";
     case Kind::sockaddr:
       return "expected host:port, [ipv6]:port or *:port";
     case Kind::url:
@@ -837,6 +870,10 @@ bool apply_value(const Key& k, std::string_view text, Config& c, BackendConfig& 
       } else {
         break;
       }
+      return true;
+    case Kind::text:
+      if (text.size() > 4096) break;
+      k.text(c, b)->assign(text);
       return true;
     case Kind::policy:
       for (std::string_view name : kPolicyNames) {
@@ -1327,7 +1364,7 @@ std::string reference_markdown() {
     md += type_text(k.kind);
     md += " | ";
     if (k.default_text.empty()) {
-      md += "required";
+      md += k.kind == Kind::text ? "unset" : "required";
     } else {
       md += '`';
       md += k.default_text;

@@ -66,6 +66,7 @@ void build_upstream_request(const MessageParser& req, const UpstreamRequestParam
     }
     if (named_by_connection(req, h.name)) continue;
     if (ieq(h.name, "host")) have_host = true;
+    if (ieq(h.name, "authorization") && (p.strip_authorization || !p.api_key.empty())) continue;
     append_header(out, h.name, h.value);
   }
   if (!have_host) append_header(out, "Host", p.host);
@@ -77,6 +78,11 @@ void build_upstream_request(const MessageParser& req, const UpstreamRequestParam
   out->append(p.client_ip);
   out->append("\r\n");
   append_header(out, "X-Request-Id", p.request_id);
+  if (!p.api_key.empty()) {
+    out->append("Authorization: Bearer ");
+    out->append(p.api_key);
+    out->append("\r\n");
+  }
   if (p.has_body || p.body_bytes > 0) {
     out->append("Content-Length: ");
     append_u64(out, p.body_bytes);

@@ -286,6 +286,19 @@ void ClientConn::process_pending() {
 void ClientConn::on_request_head() {
   last_client_ms_ = mono_ms();
   arm_timer_for_state();  // the body idle timeout from here on
+  logged_ = false;
+  termination_ = "ok";
+  t_request_wall_ms_ = wall_ms();
+  ttft_ms_ = -1;
+  bytes_out_ = 0;
+  completion_tokens_ = 0;
+  status_ = 0;
+  backend_ = -1;
+  t_request_ns_ = 0;
+  facts_ = RequestFacts{};
+  cost_ = estimator::RequestCost{};
+  request_id_.clear();
+  if (!authorized()) return;
   client_http10_ = req_.http_minor() == 0;
   client_keep_alive_ = req_.keep_alive();
   is_head_ = req_.is_head_method();
@@ -306,6 +319,29 @@ void ClientConn::on_request_head() {
     out_.push_copy("HTTP/1.1 100 Continue\r\n\r\n");
     flush();
   }
+}
+
+// API keys ([auth] api_keys_file): checked at the head, before the body is
+// read, so an unauthenticated client cannot make the proxy buffer a body. Only
+// GET /health is open. The key is never logged nor forwarded.
+bool ClientConn::authorized() {
+  const auth::KeySet* keys = w_->shared().keys;
+  if (!keys) return true;
+  if (req_.method() == "GET" && path_of(req_.target()) == "/health") return true;
+  bool found = false;
+  std::string_view value = req_.find("authorization", &found);
+  size_t count = 0;
+  for (size_t i = 0; i < req_.header_count(); ++i) {
+    if (http::ieq(req_.header(i).name, "authorization")) ++count;
+  }
+  std::string_view token;
+  if (found && count == 1 && auth::parse_bearer(value, &token) && keys->check(token)) return true;
+  w_->stats().auth_failures.add();
+  close_after_ = true;
+  termination_ = "auth_failed";
+  reply_error(401, found ? "Incorrect API key provided" : "Missing API key",
+              "authentication_error", found ? "invalid_api_key" : "missing_api_key");
+  return false;
 }
 
 void ClientConn::on_request_complete() {
@@ -551,6 +587,8 @@ void ClientConn::send_request(UpstreamConn* u) {
   p.base_path = b.base_path;
   p.body_bytes = body_.size();
   p.has_body = req_.has_content_length() || req_.chunked();
+  p.strip_authorization = w_->shared().keys != nullptr;
+  p.api_key = b.api_key;
   http::build_upstream_request(req_, p, &head);
   u->out().push_copy(head);
   w_->shared()
@@ -644,6 +682,7 @@ void ClientConn::relay_raw(uint16_t bid, const char* p, size_t n, bool whole_chu
   if (n == 0 || !head_sent_ || dechunk_) return;
   io::BufferPool& pool = w_->loop().pool();
   pool.ref(bid);
+  bytes_out_ += n;
   if (resp_chunked_) {
     staged_.push_buf(&pool, bid, p, static_cast<uint32_t>(n));
   } else {
@@ -675,6 +714,7 @@ void ClientConn::upstream_body_piece(const char* p, size_t n) {
       if (!first_event_seen_) {
         first_event_seen_ = true;
         double ttft_s = static_cast<double>(mono_ns() - t_request_ns_) / 1e9;
+        ttft_ms_ = ttft_s * 1000;
         w_->stats().observe_ttft(ttft_s);
         if (predicted_ttft_s_ >= 0) w_->stats().observe_ttft_error(predicted_ttft_s_ - ttft_s);
         dispatch_first_token();
@@ -685,6 +725,7 @@ void ClientConn::upstream_body_piece(const char* p, size_t n) {
     // HTTP/1.0 client: relay the body without chunk framing, from the same buffer.
     io::BufferPool& pool = w_->loop().pool();
     pool.ref(cur_bid_);
+    bytes_out_ += n;
     out_.push_buf(&pool, cur_bid_, p, static_cast<uint32_t>(n));
   }
 }
@@ -710,6 +751,7 @@ void ClientConn::on_response_head(UpstreamConn* u) {
   std::string head;
   head.reserve(256 + resp.header_count() * 48);
   http::build_client_response(resp, p, &head);
+  bytes_out_ += head.size();
   out_.push_copy(head);
   head_sent_ = true;
   state_ = State::kRelaying;
@@ -781,6 +823,7 @@ void ClientConn::learn_from_response() {
   if (have_usage && prompt_tokens > 0) {
     learner.observe_usage(facts_.model, facts_.prompt_chars, facts_.messages, prompt_tokens);
   }
+  completion_tokens_ = completion_tokens;
   if (completion_tokens > 0) {
     learner.observe_finished(facts_.model, static_cast<uint32_t>(completion_tokens),
                              facts_.max_tokens);
@@ -807,7 +850,33 @@ void ClientConn::release_upstream(bool reusable) {
   }
 }
 
+void ClientConn::log_access() {
+  if (logged_) return;
+  logged_ = true;
+  accesslog::AccessLogWriter* log = w_->access_log();
+  if (!log) return;
+  accesslog::Record r;
+  r.time_ms = t_request_wall_ms_;
+  r.request_id = request_id_;
+  r.client = client_ip_;
+  r.method = req_.head_done() ? req_.method() : std::string_view();
+  r.path = req_.head_done() ? path_of(req_.target()) : std::string_view();
+  r.model = facts_.model;
+  r.backend = backend_ >= 0 ? std::string_view(w_->cfg().backends[backend_].name)
+                            : std::string_view();
+  r.termination = termination_;
+  r.status = status_;
+  r.ttft_ms = ttft_ms_;
+  r.duration_ms = t_request_ns_ ? static_cast<double>(mono_ns() - t_request_ns_) / 1e6 : 0;
+  r.prompt_tokens_est = cost_.prompt_tokens;
+  r.completion_tokens = completion_tokens_;
+  r.bytes_out = bytes_out_;
+  r.stream = facts_.stream;
+  log->write(r);
+}
+
 void ClientConn::finish_exchange() {
+  log_access();
   bool freed = phase_ != Phase::kNone;
   release_dispatch();
   if (freed) w_->pump_queue();  // a slot opened here: offer it to a waiting request
@@ -823,6 +892,7 @@ void ClientConn::finish_exchange() {
 
 void ClientConn::fail_before_head(Failure why, int status, const char* message, const char* code) {
   w_->stats().failures[static_cast<size_t>(why)].add();
+  termination_ = kFailureNames[static_cast<size_t>(why)];
   release_upstream(false);
   const char* type = status == 504 ? "timeout_error" : "server_error";
   reply_error(status, message, type, code);
@@ -830,6 +900,7 @@ void ClientConn::fail_before_head(Failure why, int status, const char* message, 
 
 void ClientConn::fail_mid_stream(Failure why, const char* message) {
   w_->stats().failures[static_cast<size_t>(why)].add();
+  termination_ = kFailureNames[static_cast<size_t>(why)];
   if (backend_ >= 0) {
     const BackendConfig& b = w_->cfg().backends[static_cast<size_t>(backend_)];
     TR_LOG_WARN("replica %s: stream %s failed: %s", b.name.c_str(), request_id_.c_str(), message);
@@ -858,10 +929,12 @@ void ClientConn::fail_mid_stream(Failure why, const char* message) {
 }
 
 void ClientConn::reply_local(int status, std::string_view json_body) {
+  status_ = status;
   std::string resp;
   bool keep = client_keep_alive_ && !close_after_ && !draining_;
   if (!keep) close_after_ = true;
   http::build_json_response(status, is_head_ ? std::string_view() : json_body, keep, &resp);
+  bytes_out_ += resp.size();
   out_.push_copy(resp);
   w_->stats().none().requests[code_slot(status)].add();
   state_ = State::kRelaying;  // finish_exchange() moves on
@@ -871,6 +944,7 @@ void ClientConn::reply_local(int status, std::string_view json_body) {
 
 void ClientConn::reply_error(int status, const char* message, const char* type, const char* code,
                              int retry_after_s) {
+  status_ = status;
   std::string resp;
   bool keep =
       client_keep_alive_ && !close_after_ && !draining_ && req_.head_done() && !req_.in_message();
@@ -878,6 +952,7 @@ void ClientConn::reply_error(int status, const char* message, const char* type, 
   if (request_id_.empty()) w_->new_request_id(&request_id_);
   http::build_error_response(http::ErrorReply{status, message, type, code}, request_id_, keep,
                              &resp, retry_after_s);
+  bytes_out_ += resp.size();
   out_.push_copy(resp);
   BackendStats& bs =
       backend_ >= 0 ? w_->stats().backend(static_cast<size_t>(backend_)) : w_->stats().none();
@@ -895,6 +970,9 @@ void ClientConn::abort_exchange(Failure why) {
   // Closing the upstream connection now is what makes vLLM abort the request and
   // free its KV cache; it is never returned to the pool.
   release_upstream(false);
+  termination_ = kFailureNames[static_cast<size_t>(why)];
+  if (status_ == 0) status_ = 499;
+  log_access();
   bool freed = phase_ != Phase::kNone;
   release_dispatch();
   close_now();

@@ -97,6 +97,8 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   void reject_saturated(bool any_usable);
   void finish_exchange();
   void learn_from_response();
+  bool authorized();
+  void log_access();
   bool credit_dispatch();
   void dispatch_first_token();
   void release_dispatch();
@@ -145,6 +147,13 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   uint8_t qprio_ = 1;
   bool high_priority_ = false;  // "X-Priority: high"
   bool was_queued_ = false;
+  // Access log facts of the exchange.
+  const char* termination_ = "ok";
+  int64_t t_request_wall_ms_ = 0;
+  double ttft_ms_ = -1;
+  uint64_t bytes_out_ = 0;
+  uint64_t completion_tokens_ = 0;
+  bool logged_ = true;  // nothing to log until a request begins
   UpstreamConn* up_ = nullptr;
   int64_t t_request_ns_ = 0;
   int64_t last_upstream_ms_ = 0;

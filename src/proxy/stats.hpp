@@ -105,6 +105,7 @@ class WorkerStats {
   Counter ttft_sum_us;
   Counter stream_events;
   Counter json_malformed;  // request bodies that did not parse (forwarded anyway)
+  Counter auth_failures;   // 401: missing or wrong API key
   Counter connections_accepted;
   Counter connections_rejected;  // over connections_per_worker
   std::atomic<int64_t> connections_open{0};

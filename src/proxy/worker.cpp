@@ -183,6 +183,7 @@ void Worker::thread_main() {
   }
   std::snprintf(loop_desc_, sizeof loop_desc_, "%s", why);
   loop_->set_wake_handler(&Worker::wake_thunk, this);
+  if (shared_->access_log) alog_ = std::make_unique<accesslog::AccessLogWriter>(shared_->access_log);
   // The listener is blocking for io_uring (the ring waits) and non-blocking for epoll.
   int fl = fcntl(opt_.listen_fd, F_GETFL);
   if (loop_->backend() == io::Backend::epoll) {

@@ -17,6 +17,8 @@
 #include "io/loop.hpp"
 #include "openai/body.hpp"
 #include "proxy/stats.hpp"
+#include "accesslog/accesslog.hpp"
+#include "auth/auth.hpp"
 #include "estimator/engine_defaults.hpp"
 #include "estimator/tokens.hpp"
 #include "routing/policy.hpp"
@@ -61,6 +63,8 @@ class TableSource final : public routing::ReplicaSource {
 // Process-wide state a worker reads. Owned by main; outlives every worker.
 struct Shared {
   const Config* cfg = nullptr;
+  const auth::KeySet* keys = nullptr;        // API keys; nullptr = no authentication
+  accesslog::AccessLog* access_log = nullptr;  // nullptr = no access log
   uint32_t workers = 1;
   scores::Table* table = nullptr;
   // Merged /v1/models body (from the poller). Called on worker threads.
@@ -105,6 +109,7 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   // replica ([eject]), never more than max_percent of the pool.
   void report_replica_result(uint32_t b, bool ok);
   estimator::ModelLearner& learner() { return learner_; }
+  accesslog::AccessLogWriter* access_log() { return alog_.get(); }
   const http::ParseLimits& parse_limits() const { return parse_limits_; }
   bool draining() const { return drain_started_; }
   // A fresh request id: 32 lowercase hex characters.
@@ -166,6 +171,7 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   std::unique_ptr<routing::Policy> policy_;
   TableSource replicas_;
   estimator::ModelLearner learner_;
+  std::unique_ptr<accesslog::AccessLogWriter> alog_;  // created on the worker's thread
   http::ParseLimits parse_limits_;
   uint64_t rng_state_[2];
 

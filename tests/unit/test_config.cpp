@@ -679,10 +679,13 @@ TEST_CASE("reference_markdown mentions every key", "[config]") {
       {"[admission]", "max_queue"},
       {"[admission]", "queue_timeout_ms"},
       {"[admission]", "retry_after_s"},
+      {"[auth]", "api_keys_file"},
+      {"[log]", "access_log"},
       {"[backend NAME]", "url"},
       {"[backend NAME]", "max_num_batched_tokens"},
       {"[backend NAME]", "max_num_seqs"},
       {"[backend NAME]", "weight"},
+      {"[backend NAME]", "api_key"},
       {"[backend NAME]", "max_inflight"},
   };
   size_t table_rows = 0;
