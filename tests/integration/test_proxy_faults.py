@@ -112,7 +112,9 @@ def check_connect_refused_moves_on():
     # start a sim, let the proxy see it up, kill it, and immediately request.
     a = start_sim("--speed", "200")
     b = start_sim("--speed", "200")
-    with start_proxy([a, b], health_interval_ms=60000) as px:
+    # Round robin: the dead replica is certain to be first choice for some requests.
+    with start_proxy([a, b], health_interval_ms=60000,
+                     extra="[routing]\npolicy = round_robin\n") as px:
         a.stop()  # the proxy still believes it is up for a minute
         ok = 0
         for _ in range(4):
