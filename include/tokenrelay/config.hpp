@@ -38,7 +38,7 @@ struct BackendConfig {
   double weight = 1.0;
   uint32_t max_inflight = 0;  // 0 = [admission] max_inflight / max_num_seqs
   std::string api_key;        // sent upstream as "Authorization: Bearer" ("" = none)
-  int line = 0;  // line of the section header, for messages
+  int line = 0;               // line of the section header, for messages
 };
 
 struct ProxyConfig {
@@ -73,11 +73,11 @@ struct EjectConfig {
 
 // Admission control: a bounded wait when every usable replica is saturated.
 struct AdmissionConfig {
-  uint32_t max_inflight = 0;        // [admission] max_inflight per replica; 0 = the
-                                    // replica's max_num_seqs if configured, else unlimited
-  uint32_t max_queue = 1024;        // [admission] max_queue: waiting requests (all workers)
+  uint32_t max_inflight = 0;          // [admission] max_inflight per replica; 0 = the
+                                      // replica's max_num_seqs if configured, else unlimited
+  uint32_t max_queue = 1024;          // [admission] max_queue: waiting requests (all workers)
   uint32_t queue_timeout_ms = 30000;  // [admission] queue_timeout_ms -> 429
-  uint32_t retry_after_s = 1;       // [admission] retry_after_s: Retry-After on 429/503
+  uint32_t retry_after_s = 1;         // [admission] retry_after_s: Retry-After on 429/503
 };
 
 struct LimitsConfig {

@@ -25,11 +25,11 @@ struct EngineMetrics {
                          // (mean over engines, not sum)
 
   // Counters (sums over engines). -1 = family absent.
-  double prefix_queries = -1;  // vllm:prefix_cache_queries_total (tokens)
-  double prefix_hits = -1;     // vllm:prefix_cache_hits_total (tokens)
-  double prompt_tokens = -1;   // vllm:prompt_tokens_total
+  double prefix_queries = -1;     // vllm:prefix_cache_queries_total (tokens)
+  double prefix_hits = -1;        // vllm:prefix_cache_hits_total (tokens)
+  double prompt_tokens = -1;      // vllm:prompt_tokens_total
   double generation_tokens = -1;  // vllm:generation_tokens_total
-  double preemptions = -1;     // vllm:num_preemptions_total
+  double preemptions = -1;        // vllm:num_preemptions_total
   double requests_finished = -1;  // vllm:request_success_total, all finished_reason
 
   // Histograms (sums over engines).

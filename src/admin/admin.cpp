@@ -65,7 +65,8 @@ void render_histogram(std::string* out, const Sources& src, const char* name, Pi
   constexpr size_t n = std::remove_reference_t<decltype(first)>::size();
   uint64_t cum = 0;
   for (size_t i = 0; i <= n; ++i) {
-    for (const proxy::WorkerStats* w : src.workers) cum += pick(*w).buckets[i].get();
+    for (const proxy::WorkerStats* w : src.workers)
+      cum += pick(*w).buckets[i].get();
     if (i < n) {
       appendf(out, "%s_bucket{le=\"%g\"} %llu\n", name, first.bounds[i],
               static_cast<unsigned long long>(cum));
@@ -113,9 +114,10 @@ std::string render_metrics(const Sources& src) {
   family(&out, "tokenrelay_inflight_requests", "gauge",
          "Requests routed to a replica and not finished yet.");
   for (size_t b = 0; b < nb; ++b) {
-    appendf(&out, "tokenrelay_inflight_requests{backend=\"%s\"} %lld\n",
-            label(backends[b].name).c_str(),
-            static_cast<long long>(src.table->at(b).dispatch.inflight.load(std::memory_order_relaxed)));
+    appendf(
+        &out, "tokenrelay_inflight_requests{backend=\"%s\"} %lld\n",
+        label(backends[b].name).c_str(),
+        static_cast<long long>(src.table->at(b).dispatch.inflight.load(std::memory_order_relaxed)));
   }
 
   family(&out, "tokenrelay_backend_up", "gauge", "1 if the replica passes its health check.");
@@ -128,19 +130,22 @@ std::string render_metrics(const Sources& src) {
          "Routing decisions, by the replica ranked first and the policy.");
   for (size_t b = 0; b < nb; ++b) {
     uint64_t v = 0;
-    for (const proxy::WorkerStats* w : src.workers) v += w->backend(b).route_decisions.get();
+    for (const proxy::WorkerStats* w : src.workers)
+      v += w->backend(b).route_decisions.get();
     appendf(&out, "tokenrelay_route_decisions_total{backend=\"%s\",policy=\"%s\"} %llu\n",
             label(backends[b].name).c_str(), label(src.cfg->routing.policy).c_str(),
             static_cast<unsigned long long>(v));
   }
   family(&out, "tokenrelay_route_decision_seconds", "histogram",
          "Time to rank the replicas for one request.");
-  render_histogram(&out, src, "tokenrelay_route_decision_seconds",
-                   [](const proxy::WorkerStats& w) -> const auto& { return w.route_decision; });
+  render_histogram(
+      &out, src, "tokenrelay_route_decision_seconds",
+      [](const proxy::WorkerStats& w) -> const auto& { return w.route_decision; });
   family(&out, "tokenrelay_ttft_prediction_error_seconds", "histogram",
          "Predicted minus observed time to first token (latency policy).");
-  render_histogram(&out, src, "tokenrelay_ttft_prediction_error_seconds",
-                   [](const proxy::WorkerStats& w) -> const auto& { return w.ttft_error; });
+  render_histogram(
+      &out, src, "tokenrelay_ttft_prediction_error_seconds",
+      [](const proxy::WorkerStats& w) -> const auto& { return w.ttft_error; });
 
   family(&out, "tokenrelay_scrape_duration_seconds", "histogram",
          "Time to fetch one replica's /metrics.");
@@ -249,7 +254,8 @@ std::string render_metrics(const Sources& src) {
   family(&out, "tokenrelay_queue_requests", "gauge",
          "Requests waiting in the admission queue (every usable replica saturated).");
   long long queued = 0;
-  for (const proxy::WorkerStats* w : src.workers) queued += w->queued.load(std::memory_order_relaxed);
+  for (const proxy::WorkerStats* w : src.workers)
+    queued += w->queued.load(std::memory_order_relaxed);
   appendf(&out, "tokenrelay_queue_requests %lld\n", queued);
   family(&out, "tokenrelay_queue_admitted_total", "counter",
          "Requests that waited in the admission queue and then got a replica.");
@@ -320,8 +326,8 @@ std::string render_status(const Sources& src) {
     appendf(&out,
             "\"calibration\":{\"samples\":%u,\"step_base_s\":%g,\"step_per_token_s\":%g,"
             "\"chars_per_token\":%g,\"budget_tokens\":%u,\"max_num_seqs\":%u},",
-            st.calibration_samples, v.load.step_base_s, v.load.step_per_token_s,
-            st.chars_per_token, v.load.budget_tokens, v.load.max_num_seqs);
+            st.calibration_samples, v.load.step_base_s, v.load.step_per_token_s, st.chars_per_token,
+            v.load.budget_tokens, v.load.max_num_seqs);
     appendf(&out,
             "\"dispatch\":{\"inflight\":%lld,\"prefill_requests\":%lld,"
             "\"prefill_tokens\":%lld,\"decode_requests\":%lld,\"decode_tokens\":%lld},"
@@ -332,9 +338,9 @@ std::string render_status(const Sources& src) {
             static_cast<long long>(d.prefill_requests.load(std::memory_order_relaxed)),
             static_cast<long long>(d.prefill_tokens.load(std::memory_order_relaxed)),
             static_cast<long long>(d.decode_requests.load(std::memory_order_relaxed)),
-            static_cast<long long>(d.decode_tokens.load(std::memory_order_relaxed)),
-            v.load.running, v.load.waiting, v.load.prefill_tokens_queued,
-            v.load.decode_tokens_remaining, p.ttft_s, p.completion_s);
+            static_cast<long long>(d.decode_tokens.load(std::memory_order_relaxed)), v.load.running,
+            v.load.waiting, v.load.prefill_tokens_queued, v.load.decode_tokens_remaining, p.ttft_s,
+            p.completion_s);
   }
   out += "]}\n";
   return out;

@@ -68,8 +68,8 @@ enum class Section : uint8_t {
 };
 constexpr size_t kSectionCount = 12;
 constexpr std::array<std::string_view, kSectionCount> kSectionNames = {
-    "proxy", "admin",     "poller", "limits", "timeouts", "upstream",
-    "routing", "eject", "admission", "auth", "log",      "backend"};
+    "proxy",   "admin", "poller",    "limits", "timeouts", "upstream",
+    "routing", "eject", "admission", "auth",   "log",      "backend"};
 
 // [routing] policy values (src/routing/policy.hpp parses the same names).
 constexpr std::string_view kPolicyNames[] = {"round_robin", "least_requests", "power_of_two",

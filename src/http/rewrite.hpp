@@ -12,14 +12,14 @@
 namespace tr::http {
 
 struct UpstreamRequestParams {
-  std::string_view client_ip;   // appended to X-Forwarded-For
-  std::string_view request_id;  // X-Request-Id sent upstream (client's or generated)
-  std::string_view host;        // used as Host when the client sent none (HTTP/1.0)
-  std::string_view base_path;   // prefix from the backend url ("" usually)
-  uint64_t body_bytes = 0;      // the (de-chunked) body that follows
-  bool has_body = false;        // send Content-Length even when 0
+  std::string_view client_ip;        // appended to X-Forwarded-For
+  std::string_view request_id;       // X-Request-Id sent upstream (client's or generated)
+  std::string_view host;             // used as Host when the client sent none (HTTP/1.0)
+  std::string_view base_path;        // prefix from the backend url ("" usually)
+  uint64_t body_bytes = 0;           // the (de-chunked) body that follows
+  bool has_body = false;             // send Content-Length even when 0
   bool strip_authorization = false;  // the client's key is the proxy's business only
-  std::string_view api_key;     // replica's own key: "Authorization: Bearer <api_key>"
+  std::string_view api_key;          // replica's own key: "Authorization: Bearer <api_key>"
 };
 
 // Appends the head of the request to forward. The body is sent de-chunked with

@@ -15,8 +15,8 @@
 #include "core/assert.hpp"
 #include "core/clock.hpp"
 #include "core/log.hpp"
-#include "poller/http_client.hpp"
 #include "estimator/calibration.hpp"
+#include "poller/http_client.hpp"
 #include "poller/models.hpp"
 #include "poller/vllm_metrics.hpp"
 #include "scores/table.hpp"
@@ -241,8 +241,8 @@ struct Poller::Impl final : HttpHandler {
       double running_mean = (std::max(0.0, em.running) + std::max(0.0, p.running)) / 2;
       if (em.itl.present && p.itl.present && em.ttft.present && p.ttft.present) {
         rep.calibrator.observe(interval_s, em.itl.sum - p.itl.sum, em.itl.count - p.itl.count,
-                               em.ttft.sum - p.ttft.sum, em.ttft.count - p.ttft.count,
-                               d_prompt, d_gen, running_mean);  // negative = unknown: ignored
+                               em.ttft.sum - p.ttft.sum, em.ttft.count - p.ttft.count, d_prompt,
+                               d_gen, running_mean);  // negative = unknown: ignored
         st.step_base_s = static_cast<float>(rep.calibrator.step_base_s());
         st.step_per_token_s = static_cast<float>(rep.calibrator.step_per_token_s());
         st.calibration_samples = rep.calibrator.samples();

@@ -4,9 +4,9 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
-#include <algorithm>
 #include <cstring>
 
 #include "core/assert.hpp"
@@ -194,8 +194,8 @@ void ClientConn::on_timer(uintptr_t tag) {
 
 // True when bytes wait for the client and none were taken for client_write_ms.
 bool ClientConn::client_write_stalled() const {
-  return !out_.empty() &&
-         mono_ms() - last_send_progress_ms_ >= static_cast<int64_t>(w_->cfg().timeouts.client_write_ms);
+  return !out_.empty() && mono_ms() - last_send_progress_ms_ >=
+                              static_cast<int64_t>(w_->cfg().timeouts.client_write_ms);
 }
 
 void ClientConn::on_recv(io::Socket* s, uint16_t bid, char* data, uint32_t len) {
@@ -339,8 +339,8 @@ bool ClientConn::authorized() {
   w_->stats().auth_failures.add();
   close_after_ = true;
   termination_ = "auth_failed";
-  reply_error(401, found ? "Incorrect API key provided" : "Missing API key",
-              "authentication_error", found ? "invalid_api_key" : "missing_api_key");
+  reply_error(401, found ? "Incorrect API key provided" : "Missing API key", "authentication_error",
+              found ? "invalid_api_key" : "missing_api_key");
   return false;
 }
 
@@ -429,9 +429,8 @@ void ClientConn::route_and_dispatch() {
 }
 
 bool ClientConn::admit_from_queue() {
-  uint32_t max = w_->cfg().upstream.max_attempts < kMaxRanked
-                     ? w_->cfg().upstream.max_attempts
-                     : static_cast<uint32_t>(kMaxRanked);
+  uint32_t max = w_->cfg().upstream.max_attempts < kMaxRanked ? w_->cfg().upstream.max_attempts
+                                                              : static_cast<uint32_t>(kMaxRanked);
   routing::RouteRequest rr;
   rr.facts = &facts_;
   rr.cost = cost_;
@@ -782,7 +781,8 @@ static bool find_count(std::string_view text, std::string_view name, uint64_t* o
   size_t p = text.find(name);
   if (p == std::string_view::npos) return false;
   p += name.size();
-  while (p < text.size() && (text[p] == ' ' || text[p] == ':')) ++p;
+  while (p < text.size() && (text[p] == ' ' || text[p] == ':'))
+    ++p;
   uint64_t v = 0;
   size_t digits = 0;
   while (p < text.size() && text[p] >= '0' && text[p] <= '9' && digits < 18) {
@@ -862,8 +862,8 @@ void ClientConn::log_access() {
   r.method = req_.head_done() ? req_.method() : std::string_view();
   r.path = req_.head_done() ? path_of(req_.target()) : std::string_view();
   r.model = facts_.model;
-  r.backend = backend_ >= 0 ? std::string_view(w_->cfg().backends[backend_].name)
-                            : std::string_view();
+  r.backend =
+      backend_ >= 0 ? std::string_view(w_->cfg().backends[backend_].name) : std::string_view();
   r.termination = termination_;
   r.status = status_;
   r.ttft_ms = ttft_ms_;

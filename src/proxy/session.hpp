@@ -157,9 +157,9 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   UpstreamConn* up_ = nullptr;
   int64_t t_request_ns_ = 0;
   int64_t last_upstream_ms_ = 0;
-  int64_t last_client_ms_ = 0;          // last bytes from the client
-  int64_t last_send_progress_ms_ = 0;   // last time the client took bytes (or a send began)
-  bool sending_ = false;                // out_ has been non-empty since last_send_progress_ms_
+  int64_t last_client_ms_ = 0;         // last bytes from the client
+  int64_t last_send_progress_ms_ = 0;  // last time the client took bytes (or a send began)
+  bool sending_ = false;               // out_ has been non-empty since last_send_progress_ms_
   int status_ = 0;
   bool head_sent_ = false;
   bool resp_chunked_ = false;  // relaying chunked framing as received

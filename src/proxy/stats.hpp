@@ -64,12 +64,12 @@ struct alignas(64) BackendStats {
 };
 
 // Upper bounds (seconds) of the routing decision time histogram.
-inline constexpr double kDecisionBuckets[] = {2.5e-7, 5e-7, 1e-6, 2e-6,   5e-6,
+inline constexpr double kDecisionBuckets[] = {2.5e-7, 5e-7,   1e-6, 2e-6, 5e-6,
                                               1e-5,   2.5e-5, 5e-5, 1e-4, 1e-3};
 // Upper bounds (seconds) of predicted minus observed TTFT: negative = optimistic.
-inline constexpr double kTtftErrorBuckets[] = {-5, -2, -1, -0.5, -0.25, -0.1, -0.05, -0.025,
-                                               -0.01, 0, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                                               1, 2, 5};
+inline constexpr double kTtftErrorBuckets[] = {-5,     -2,    -1, -0.5, -0.25, -0.1, -0.05,
+                                               -0.025, -0.01, 0,  0.01, 0.025, 0.05, 0.1,
+                                               0.25,   0.5,   1,  2,    5};
 
 // A histogram with fixed bounds, single writer (the owning worker).
 template <size_t N>
@@ -81,7 +81,8 @@ struct Histogram {
   explicit Histogram(const double (&b)[N]) : bounds(b) {}
   void observe(double v) {
     size_t i = 0;
-    while (i < N && v > bounds[i]) ++i;
+    while (i < N && v > bounds[i])
+      ++i;
     buckets[i].add();
     count.add();
     sum.store(sum.load(std::memory_order_relaxed) + v, std::memory_order_relaxed);

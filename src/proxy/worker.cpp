@@ -41,13 +41,13 @@ TableSource::TableSource(const Config* cfg, const scores::Table* table)
     : table_(table), slow_start_ms_(cfg->eject.slow_start_ms) {
   fixed_.reserve(cfg->backends.size());
   for (const BackendConfig& b : cfg->backends) {
-    uint32_t limit = b.max_inflight ? b.max_inflight
+    uint32_t limit = b.max_inflight                ? b.max_inflight
                      : cfg->admission.max_inflight ? cfg->admission.max_inflight
                                                    : b.max_num_seqs;
-    fixed_.push_back(Fixed{
-        b.weight,
-        b.max_num_batched_tokens ? b.max_num_batched_tokens : estimator::kDefaultBudgetTokens,
-        b.max_num_seqs ? b.max_num_seqs : estimator::kDefaultMaxNumSeqs, limit});
+    fixed_.push_back(
+        Fixed{b.weight,
+              b.max_num_batched_tokens ? b.max_num_batched_tokens : estimator::kDefaultBudgetTokens,
+              b.max_num_seqs ? b.max_num_seqs : estimator::kDefaultMaxNumSeqs, limit});
   }
 }
 
@@ -126,7 +126,8 @@ Worker::Worker(Shared* shared, const WorkerOptions& opt)
   drain_timer_.tag = kDrainTimer;
   queue_timer_.handler = this;
   queue_timer_.tag = kQueueTimer;
-  queue_max_ = std::max<size_t>(1, shared->cfg->admission.max_queue / std::max(1u, shared->workers));
+  queue_max_ =
+      std::max<size_t>(1, shared->cfg->admission.max_queue / std::max(1u, shared->workers));
   if (shared->cfg->admission.max_queue == 0) queue_max_ = 0;
   listener_.handler = this;
 }
@@ -183,7 +184,8 @@ void Worker::thread_main() {
   }
   std::snprintf(loop_desc_, sizeof loop_desc_, "%s", why);
   loop_->set_wake_handler(&Worker::wake_thunk, this);
-  if (shared_->access_log) alog_ = std::make_unique<accesslog::AccessLogWriter>(shared_->access_log);
+  if (shared_->access_log)
+    alog_ = std::make_unique<accesslog::AccessLogWriter>(shared_->access_log);
   // The listener is blocking for io_uring (the ring waits) and non-blocking for epoll.
   int fl = fcntl(opt_.listen_fd, F_GETFL);
   if (loop_->backend() == io::Backend::epoll) {

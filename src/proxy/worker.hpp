@@ -13,14 +13,14 @@
 #include <thread>
 #include <vector>
 
-#include "http/message.hpp"
-#include "io/loop.hpp"
-#include "openai/body.hpp"
-#include "proxy/stats.hpp"
 #include "accesslog/accesslog.hpp"
 #include "auth/auth.hpp"
 #include "estimator/engine_defaults.hpp"
 #include "estimator/tokens.hpp"
+#include "http/message.hpp"
+#include "io/loop.hpp"
+#include "openai/body.hpp"
+#include "proxy/stats.hpp"
 #include "routing/policy.hpp"
 #include "scores/table.hpp"
 #include "tokenrelay/config.hpp"
@@ -63,7 +63,7 @@ class TableSource final : public routing::ReplicaSource {
 // Process-wide state a worker reads. Owned by main; outlives every worker.
 struct Shared {
   const Config* cfg = nullptr;
-  const auth::KeySet* keys = nullptr;        // API keys; nullptr = no authentication
+  const auth::KeySet* keys = nullptr;          // API keys; nullptr = no authentication
   accesslog::AccessLog* access_log = nullptr;  // nullptr = no access log
   uint32_t workers = 1;
   scores::Table* table = nullptr;
@@ -158,7 +158,7 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   io::Socket listener_;
   bool listener_open_ = false;
   io::Timer drain_timer_;
-  io::Timer queue_timer_;  // re-offers capacity while requests wait
+  io::Timer queue_timer_;                           // re-offers capacity while requests wait
   ClientConn* queue_head_[2] = {nullptr, nullptr};  // [0] high priority, [1] normal
   ClientConn* queue_tail_[2] = {nullptr, nullptr};
   size_t queued_ = 0;

@@ -64,7 +64,8 @@ class ScoringPolicy : public Policy {
       scored[m++] = Scored{i, score(req, v), tie};
     };
     if (n <= opt_.sample_above && n <= kEvalMax) {
-      for (uint32_t i = 0; i < n; ++i) consider(i);
+      for (uint32_t i = 0; i < n; ++i)
+        consider(i);
     } else {
       // Power-of-d: a random sample keeps the cost flat. Duplicates are skipped;
       // if the sample found nothing usable, fall back to a full scan.
@@ -77,7 +78,8 @@ class ScoringPolicy : public Policy {
         picked[npicked++] = i;
         consider(i);
       }
-      for (uint32_t i = 0; m == 0 && i < n && m < kEvalMax; ++i) consider(i);
+      for (uint32_t i = 0; m == 0 && i < n && m < kEvalMax; ++i)
+        consider(i);
     }
     // Only the first out.size() places matter (a few: max_attempts): select
     // them instead of sorting everything.
@@ -88,7 +90,8 @@ class ScoringPolicy : public Policy {
       return a.tiebreak < b.tiebreak;
     };
     std::partial_sort(scored, scored + r.count, scored + m, better);
-    for (size_t k = 0; k < r.count; ++k) out[k] = scored[k].index;
+    for (size_t k = 0; k < r.count; ++k)
+      out[k] = scored[k].index;
     if (r.count > 0) annotate(req, src, out[0], &r);
     return r;
   }
@@ -104,7 +107,9 @@ class ScoringPolicy : public Policy {
   bool round_robin_ties_ = false;
 };
 
-double per_weight(double load, double weight) { return load / (weight > 0 ? weight : 1.0); }
+double per_weight(double load, double weight) {
+  return load / (weight > 0 ? weight : 1.0);
+}
 
 class LeastRequests final : public ScoringPolicy {
  public:

@@ -24,13 +24,13 @@ namespace tr::routing {
 // the best-known engine load (scrape combined with accounting) and the
 // estimator's inputs.
 struct ReplicaView {
-  bool usable = true;    // up and not ejected
+  bool usable = true;      // up and not ejected
   bool saturated = false;  // at its in-flight limit: not ranked now (the caller may queue)
-  double weight = 1.0;   // [backend NAME] weight
-  int64_t inflight = 0;  // requests this process has in flight there
-  double running = 0;    // best-known requests running (>= 0)
-  double waiting = 0;    // best-known requests queued (>= 0)
-  double kv_usage = -1;  // 0..1, -1 unknown
+  double weight = 1.0;     // [backend NAME] weight
+  int64_t inflight = 0;    // requests this process has in flight there
+  double running = 0;      // best-known requests running (>= 0)
+  double waiting = 0;      // best-known requests queued (>= 0)
+  double kv_usage = -1;    // 0..1, -1 unknown
   estimator::ReplicaLoad load;
 };
 
@@ -62,9 +62,9 @@ enum class PolicyKind { round_robin, least_requests, power_of_two, kv_aware, lat
 
 struct PolicyOptions {
   PolicyKind kind = PolicyKind::latency;
-  double ttft_weight = 1.0;     // latency: score = completion + ttft_weight * ttft
-  uint32_t sample_above = 16;   // evaluate a sample when there are more replicas than this
-  uint32_t sample_size = 16;    // how many replicas the sample holds
+  double ttft_weight = 1.0;    // latency: score = completion + ttft_weight * ttft
+  uint32_t sample_above = 16;  // evaluate a sample when there are more replicas than this
+  uint32_t sample_size = 16;   // how many replicas the sample holds
   uint64_t seed = 1;
 };
 

@@ -67,7 +67,7 @@ struct RoutingState {
   float running = -1;  // -1 unknown (no good scrape)
   float waiting = -1;
   float kv_usage = -1;
-  float step_base_s = 0;       // 0 = not calibrated yet
+  float step_base_s = 0;  // 0 = not calibrated yet
   float step_per_token_s = 0;
   uint32_t flags = 0;  // kMetricsOk | kCalibrated
   static constexpr uint32_t kMetricsOk = 1;
@@ -86,7 +86,8 @@ class Seqlock {
     uint32_t seq = seq_.load(std::memory_order_relaxed);
     seq_.store(seq + 1, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_release);
-    for (size_t i = 0; i < kWords; ++i) words_[i].store(words[i], std::memory_order_relaxed);
+    for (size_t i = 0; i < kWords; ++i)
+      words_[i].store(words[i], std::memory_order_relaxed);
     seq_.store(seq + 2, std::memory_order_release);
   }
   // Any thread. Never blocks the writer; retries while a write is in progress.
@@ -95,7 +96,8 @@ class Seqlock {
     for (;;) {
       uint32_t s1 = seq_.load(std::memory_order_acquire);
       if (s1 & 1) continue;
-      for (size_t i = 0; i < kWords; ++i) words[i] = words_[i].load(std::memory_order_relaxed);
+      for (size_t i = 0; i < kWords; ++i)
+        words[i] = words_[i].load(std::memory_order_relaxed);
       std::atomic_thread_fence(std::memory_order_acquire);
       if (seq_.load(std::memory_order_relaxed) == s1) break;
     }
@@ -113,11 +115,11 @@ class Seqlock {
 
 // Dispatch accounting for one replica, summed over all workers of this process.
 struct alignas(64) Dispatch {
-  std::atomic<int64_t> inflight{0};          // routed here, not finished
-  std::atomic<int64_t> prefill_requests{0};  // routed, first token not seen yet
-  std::atomic<int64_t> prefill_tokens{0};    // their estimated prompt tokens
-  std::atomic<int64_t> decode_requests{0};   // first token seen, not finished
-  std::atomic<int64_t> decode_tokens{0};     // estimated output tokens still to come
+  std::atomic<int64_t> inflight{0};            // routed here, not finished
+  std::atomic<int64_t> prefill_requests{0};    // routed, first token not seen yet
+  std::atomic<int64_t> prefill_tokens{0};      // their estimated prompt tokens
+  std::atomic<int64_t> decode_requests{0};     // first token seen, not finished
+  std::atomic<int64_t> decode_tokens{0};       // estimated output tokens still to come
   std::atomic<uint64_t> prompt_chars_sent{0};  // prompt characters sent there (cumulative)
 };
 
@@ -134,10 +136,10 @@ struct alignas(64) ReplicaSlot {
   // ejected until <ejected_until_ms> (mono ms); after that its weight ramps up.
   std::atomic<int64_t> ejected_until_ms{0};
   std::atomic<uint32_t> consecutive_failures{0};
-  std::atomic<uint32_t> ejections{0};          // in a row: each doubles the next
-  std::atomic<int64_t> last_health_ms{0};      // mono ms of the last completed check
-  Dispatch dispatch;                           // written by workers
-  SeqlockState scraped;                        // written by the poller; /status, metrics
+  std::atomic<uint32_t> ejections{0};      // in a row: each doubles the next
+  std::atomic<int64_t> last_health_ms{0};  // mono ms of the last completed check
+  Dispatch dispatch;                       // written by workers
+  SeqlockState scraped;                    // written by the poller; /status, metrics
 };
 
 // Time from sending a /metrics request to having its answer, all replicas.
@@ -151,7 +153,8 @@ struct ScrapeTiming {
   std::atomic<double> sum{0};
   void observe(double seconds) {
     size_t i = 0;
-    while (i < kBuckets && seconds > kBounds[i]) ++i;
+    while (i < kBuckets && seconds > kBounds[i])
+      ++i;
     buckets[i].store(buckets[i].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     count.store(count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     sum.store(sum.load(std::memory_order_relaxed) + seconds, std::memory_order_relaxed);

@@ -173,13 +173,15 @@ TEST_CASE("latency spreads a burst when dispatch accounting is credited", "[rout
     v.load.prefill_tokens_queued += 2000;
     v.load.decode_tokens_remaining += 200;
   }
-  for (uint32_t i = 0; i < 4; ++i) CHECK(got[i] == 2);
+  for (uint32_t i = 0; i < 4; ++i)
+    CHECK(got[i] == 2);
 }
 
 TEST_CASE("large fleets are sampled: the decision looks at a bounded number", "[routing]") {
   for (size_t n : {size_t{17}, size_t{64}, size_t{1000}, size_t{5000}}) {
     FakeSource src(n);
-    for (size_t i = 0; i < n; ++i) src.v[i].inflight = static_cast<int64_t>(i % 7);
+    for (size_t i = 0; i < n; ++i)
+      src.v[i].inflight = static_cast<int64_t>(i % 7);
     auto p = make(PolicyKind::latency);
     uint32_t out[3];
     src.views = 0;

@@ -1,8 +1,8 @@
 // The replica table's seqlock and dispatch counters under concurrent use.
 // Built with -fsanitize=thread (tests/unit/meson.build): ThreadSanitizer checks
 // there is no data race, and the assertions check there is no torn read.
-#include <catch.hpp>
 #include <atomic>
+#include <catch.hpp>
 #include <thread>
 #include <vector>
 
@@ -63,11 +63,13 @@ TEST_CASE("seqlock: readers never see a torn state while one writer publishes", 
     });
   }
   std::thread writer([&] {
-    for (uint32_t k = 1; k <= 200000; ++k) t.at(1).scraped.store(make_state(k));
+    for (uint32_t k = 1; k <= 200000; ++k)
+      t.at(1).scraped.store(make_state(k));
   });
   writer.join();
   stop.store(true);
-  for (auto& th : readers) th.join();
+  for (auto& th : readers)
+    th.join();
   CHECK(torn.load() == 0);
   CHECK(reads.load() > 0);
   CHECK(t.at(1).scraped.load().scrapes_ok == 200000);
@@ -88,7 +90,8 @@ TEST_CASE("dispatch counters balance under concurrent credit and debit", "[score
       }
     });
   }
-  for (auto& th : workers) th.join();
+  for (auto& th : workers)
+    th.join();
   for (size_t i = 0; i < 2; ++i) {
     CHECK(t.at(i).dispatch.inflight.load() == 0);
     CHECK(t.at(i).dispatch.prefill_tokens.load() == 0);
