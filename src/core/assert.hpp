@@ -15,8 +15,10 @@ namespace tr {
 #define TR_ASSERT(cond) \
   ((cond) ? static_cast<void>(0) : ::tr::assert_fail(#cond, __FILE__, __LINE__))
 
-#ifdef NDEBUG
-#define TR_DASSERT(cond) static_cast<void>(0)
-#else
+// Hot-path checks: on in debug builds (meson buildtype=debug, which the asan and
+// fuzz builds use), off in the default debugoptimized and release builds.
+#ifdef TR_DEBUG_CHECKS
 #define TR_DASSERT(cond) TR_ASSERT(cond)
+#else
+#define TR_DASSERT(cond) static_cast<void>(0)
 #endif

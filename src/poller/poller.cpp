@@ -254,7 +254,26 @@ struct Poller::Impl final : HttpHandler {
     rep.have_prev = true;
     rep.prev_chars_sent = table->at(i).dispatch.prompt_chars_sent.load(std::memory_order_relaxed);
     rep.prev_scrape_ms = now;
+    update_fleet_calibration();
     publish(i, st);
+  }
+
+  // Mean calibration over replicas that have one (for those that do not yet).
+  void update_fleet_calibration() {
+    double base = 0;
+    double per_token = 0;
+    uint32_t n = 0;
+    for (const Replica& r : replicas) {
+      if (r.published.calibration_samples == 0) continue;
+      base += r.published.step_base_s;
+      per_token += r.published.step_per_token_s;
+      ++n;
+    }
+    fleet_calibrated = n;
+    if (n) {
+      fleet_base_s = base / n;
+      fleet_per_token_s = per_token / n;
+    }
   }
 
   // Publishes the full state (for /status) and the compact routing state.
@@ -270,6 +289,12 @@ struct Poller::Impl final : HttpHandler {
       rs.flags |= scores::RoutingState::kCalibrated;
       rs.step_base_s = st.step_base_s;
       rs.step_per_token_s = st.step_per_token_s;
+    } else if (fleet_calibrated > 0) {
+      // Not calibrated yet (no traffic, so no samples): assume it is like the
+      // calibrated replicas. A pessimistic prior would keep it idle forever, and
+      // an idle replica never gets calibrated.
+      rs.step_base_s = static_cast<float>(fleet_base_s);
+      rs.step_per_token_s = static_cast<float>(fleet_per_token_s);
     }
     table->at(i).routing.store(rs);
     table->at(i).scraped.store(st);
@@ -440,6 +465,9 @@ struct Poller::Impl final : HttpHandler {
   const uint32_t timeout_ms;
   const uint32_t health_interval_ms;
   const uint32_t metrics_interval_ms;
+  uint32_t fleet_calibrated = 0;  // replicas with a calibration
+  double fleet_base_s = 0;        // their mean step base
+  double fleet_per_token_s = 0;   // their mean per-token step cost
   const uint32_t rise;  // consecutive good checks: down -> up ([poller] rise)
   const uint32_t fall;  // consecutive failed checks: up -> down ([poller] fall)
   std::vector<Replica> replicas;

@@ -253,7 +253,8 @@ void ClientConn::feed_request_bytes(const char* data, size_t len) {
         w_->stats().failures[static_cast<size_t>(Failure::bad_request)].add();
         close_after_ = true;
         int status = req_.error_status();
-        const char* code = status == 414   ? "uri_too_long"
+        const char* code = status == 501   ? "unsupported_transfer_coding"
+                           : status == 414 ? "uri_too_long"
                            : status == 431 ? "headers_too_large"
                            : status == 405 ? "method_not_allowed"
                                            : "malformed_request";

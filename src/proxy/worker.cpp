@@ -83,8 +83,8 @@ void TableSource::view(size_t i, routing::ReplicaView* v) const {
   estimator::ReplicaLoad& l = v->load;
   l.budget_tokens = f.budget_tokens;
   l.max_num_seqs = f.max_num_seqs;
-  if (st.flags & scores::RoutingState::kCalibrated) {
-    l.step_base_s = st.step_base_s;
+  if ((st.flags & scores::RoutingState::kCalibrated) || st.step_base_s > 0) {
+    l.step_base_s = st.step_base_s;  // its own, or the fleet's until it has its own
     l.step_per_token_s = st.step_per_token_s;
   } else {
     l.step_base_s = estimator::kDefaultStepBaseS;
