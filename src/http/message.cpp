@@ -32,8 +32,21 @@ bool is_tchar(unsigned char c) {
   unsigned char folded = c | 0x20;
   if (folded >= 'a' && folded <= 'z') return true;
   switch (c) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-    case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '-':
+    case '.':
+    case '^':
+    case '_':
+    case '`':
+    case '|':
+    case '~':
       return true;
     default:
       return false;
@@ -41,8 +54,10 @@ bool is_tchar(unsigned char c) {
 }
 
 std::string_view trim_ows(std::string_view v) {
-  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t'))
+    v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t'))
+    v.remove_suffix(1);
   return v;
 }
 
@@ -80,7 +95,8 @@ int check_transfer_encoding(std::string_view v, const char** reason) {
       return 400;
     }
     size_t name_len = 0;
-    while (name_len < el.size() && is_tchar(static_cast<unsigned char>(el[name_len]))) ++name_len;
+    while (name_len < el.size() && is_tchar(static_cast<unsigned char>(el[name_len])))
+      ++name_len;
     std::string_view name = el.substr(0, name_len);
     std::string_view params = trim_ows(el.substr(name_len));
     if (name.empty() || (!params.empty() && params.front() != ';')) {
@@ -117,9 +133,25 @@ bool valid_host(std::string_view v) {
     unsigned char c = static_cast<unsigned char>(ch);
     if (is_digit(c) || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z')) continue;
     switch (c) {
-      case '-': case '.': case '_': case '~': case '!': case '$': case '&': case '\'':
-      case '(': case ')': case '*': case '+': case ',': case ';': case '=': case '%':
-      case ':': case '[': case ']':
+      case '-':
+      case '.':
+      case '_':
+      case '~':
+      case '!':
+      case '$':
+      case '&':
+      case '\'':
+      case '(':
+      case ')':
+      case '*':
+      case '+':
+      case ',':
+      case ';':
+      case '=':
+      case '%':
+      case ':':
+      case '[':
+      case ']':
         continue;
       default:
         return false;
@@ -477,8 +509,8 @@ int MessageParser::cb_headers_complete(llhttp_t* p) {
   // The answer to HEAD, a 204 and a 304 end with their head whatever
   // Content-Length or Transfer-Encoding say (RFC 9112 6.3); llhttp would read
   // a body for 204/304. The message completes next, without a stop at the head.
-  bool no_body = m->kind_ == Kind::response &&
-                 (m->no_body_ || p->status_code == 204 || p->status_code == 304);
+  bool no_body =
+      m->kind_ == Kind::response && (m->no_body_ || p->status_code == 204 || p->status_code == 304);
   if (no_body) p->flags |= F_SKIPBODY;  // what returning 1 does, seen by the snapshot
   m->head_flags_ = p->flags;
   m->keep_alive_ = llhttp_should_keep_alive(p) != 0;

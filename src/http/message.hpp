@@ -151,10 +151,10 @@ class MessageParser {
   std::vector<HeaderSpan> headers_;
   Span target_;
   Span reason_;
-  bool field_open_ = false;  // a header name is being received
-  uint32_t field_bytes_ = 0;  // bytes of that name so far (trailers too)
-  bool field_space_ = false;  // that name holds SP or HTAB (rejected at its colon)
-  bool bad_byte_ = false;     // target or reason holds a byte rejected at its end
+  bool field_open_ = false;     // a header name is being received
+  uint32_t field_bytes_ = 0;    // bytes of that name so far (trailers too)
+  bool field_space_ = false;    // that name holds SP or HTAB (rejected at its colon)
+  bool bad_byte_ = false;       // target or reason holds a byte rejected at its end
   char trailer_name_[17] = {};  // first bytes of a trailer field name ("transfer-encoding")
   bool in_message_ = false;
   bool head_done_ = false;

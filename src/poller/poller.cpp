@@ -468,8 +468,8 @@ struct Poller::Impl final : HttpHandler {
   uint32_t fleet_calibrated = 0;  // replicas with a calibration
   double fleet_base_s = 0;        // their mean step base
   double fleet_per_token_s = 0;   // their mean per-token step cost
-  const uint32_t rise;  // consecutive good checks: down -> up ([poller] rise)
-  const uint32_t fall;  // consecutive failed checks: up -> down ([poller] fall)
+  const uint32_t rise;            // consecutive good checks: down -> up ([poller] rise)
+  const uint32_t fall;            // consecutive failed checks: up -> down ([poller] fall)
   std::vector<Replica> replicas;
   HttpClient client;
   int wake_fd = -1;

@@ -26,44 +26,7 @@ using tr::estimator::ReplicaLoad;
 using tr::estimator::RequestCost;
 using tr::estimator::StepCalibrator;
 
-// Counts every allocation in this binary, to check the hot paths make none.
-// All replaceable forms but the aligned ones are replaced, so that a sanitizer
-// sees matching malloc / free pairs.
-namespace {
-std::atomic<uint64_t> g_allocations{0};
-
-void* counted_malloc(size_t n) noexcept {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  return std::malloc(n ? n : 1);
-}
-}  // namespace
-
-[[gnu::noinline]] void* operator new(size_t n) {
-  if (void* p = counted_malloc(n)) return p;
-  throw std::bad_alloc();
-}
-[[gnu::noinline]] void* operator new[](size_t n) {
-  if (void* p = counted_malloc(n)) return p;
-  throw std::bad_alloc();
-}
-[[gnu::noinline]] void* operator new(size_t n, const std::nothrow_t&) noexcept {
-  return counted_malloc(n);
-}
-[[gnu::noinline]] void* operator new[](size_t n, const std::nothrow_t&) noexcept {
-  return counted_malloc(n);
-}
-[[gnu::noinline]] void operator delete(void* p) noexcept {
-  std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p) noexcept {
-  std::free(p);
-}
-[[gnu::noinline]] void operator delete(void* p, size_t) noexcept {
-  std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p, size_t) noexcept {
-  std::free(p);
-}
+#include "alloc_counter.hpp"
 
 namespace {
 

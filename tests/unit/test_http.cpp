@@ -116,9 +116,9 @@ struct Outcome {
   int error_status = 0;
   std::string reason;
   std::string body;
-  bool keep_alive = false;   // at the last kHead
-  std::string target;        // at the last kHead
-  size_t consumed = 0;       // bytes used before the end or the error
+  bool keep_alive = false;  // at the last kHead
+  std::string target;       // at the last kHead
+  size_t consumed = 0;      // bytes used before the end or the error
 };
 
 // Feeds <bytes> in pieces ending at <cuts> (increasing, inside the message) the
@@ -235,160 +235,185 @@ std::string nul(const std::string& before, const std::string& after) {
 }  // namespace
 
 TEST_CASE("strict: ambiguous Content-Length / Transfer-Encoding framing is rejected", "[http]") {
-  expect_rejected(Kind::request, {}, {
-      {"CL then TE", kPost + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-       400},
-      {"TE then CL", kPost + "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
-       400},
-      {"CL twice, same value", kPost + "Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400},
-      {"CL twice, different", kPost + "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400},
-      {"CL list", kPost + "Content-Length: 5, 5\r\n\r\nhello", 400},
-      {"CL list no space", kPost + "Content-Length: 5,5\r\n\r\nhello", 400},
-      {"CL signed +", kPost + "Content-Length: +5\r\n\r\nhello", 400},
-      {"CL signed -", kPost + "Content-Length: -5\r\n\r\nhello", 400},
-      {"CL hex", kPost + "Content-Length: 0x5\r\n\r\nhello", 400},
-      {"CL spaced", kPost + "Content-Length: 1 2\r\n\r\nhello", 400},
-      {"CL empty", kPost + "Content-Length: \r\n\r\n", 400},
-      {"CL overflow 2^64", kPost + "Content-Length: 18446744073709551616\r\n\r\n", 400},
-      {"CL overflow long", kPost + "Content-Length: 99999999999999999999999\r\n\r\n", 400},
-      {"TE gzip", kPost + "Transfer-Encoding: gzip\r\n\r\nabc", 400},
-      {"TE identity", kPost + "Transfer-Encoding: identity\r\n\r\nabc", 400},
-      {"TE chunked, chunked", kPost + "Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", 400},
-      {"TE chunked, gzip", kPost + "Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400},
-      {"TE xchunked", kPost + "Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400},
-      {"TE chunkedx", kPost + "Transfer-Encoding: chunkedx\r\n\r\n0\r\n\r\n", 400},
-      {"TE trailing VT", kPost + "Transfer-Encoding: chunked\x0b\r\n\r\n0\r\n\r\n", 400},
-      {"TE trailing SOH", kPost + "Transfer-Encoding: chunked\x01\r\n\r\n0\r\n\r\n", 400},
-      {"TE trailing DEL", kPost + "Transfer-Encoding: chunked\x7f\r\n\r\n0\r\n\r\n", 400},
-      {"TE trailing FF", kPost + "Transfer-Encoding: chunked\x0c\r\n\r\n0\r\n\r\n", 400},
-      {"TE repeated header",
-       kPost + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
-      {"TE empty list element", kPost + "Transfer-Encoding: , chunked\r\n\r\n0\r\n\r\n", 400},
-      {"TE empty", kPost + "Transfer-Encoding: \r\n\r\n0\r\n\r\n", 400},
-      {"TE chunked with parameter", kPost + "Transfer-Encoding: chunked;q=1\r\n\r\n0\r\n\r\n", 400},
-      {"TE two words", kPost + "Transfer-Encoding: gzip chunked\r\n\r\n0\r\n\r\n", 400},
-      {"TE in HTTP/1.0",
-       "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 400},
-      {"TE in HTTP/1.0 with CL",
-       "POST / HTTP/1.0\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello", 400},
-      // Well-formed, but a coding this proxy does not implement: 501 (RFC 9112 6.1).
-      {"TE gzip, chunked", kPost + "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501},
-      {"TE deflate;x=1, chunked",
-       kPost + "Transfer-Encoding: deflate;x=1, chunked\r\n\r\n0\r\n\r\n", 501},
-  });
+  expect_rejected(
+      Kind::request, {},
+      {
+          {"CL then TE", kPost + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+           400},
+          {"TE then CL", kPost + "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+           400},
+          {"CL twice, same value", kPost + "Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+           400},
+          {"CL twice, different", kPost + "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+           400},
+          {"CL list", kPost + "Content-Length: 5, 5\r\n\r\nhello", 400},
+          {"CL list no space", kPost + "Content-Length: 5,5\r\n\r\nhello", 400},
+          {"CL signed +", kPost + "Content-Length: +5\r\n\r\nhello", 400},
+          {"CL signed -", kPost + "Content-Length: -5\r\n\r\nhello", 400},
+          {"CL hex", kPost + "Content-Length: 0x5\r\n\r\nhello", 400},
+          {"CL spaced", kPost + "Content-Length: 1 2\r\n\r\nhello", 400},
+          {"CL empty", kPost + "Content-Length: \r\n\r\n", 400},
+          {"CL overflow 2^64", kPost + "Content-Length: 18446744073709551616\r\n\r\n", 400},
+          {"CL overflow long", kPost + "Content-Length: 99999999999999999999999\r\n\r\n", 400},
+          {"TE gzip", kPost + "Transfer-Encoding: gzip\r\n\r\nabc", 400},
+          {"TE identity", kPost + "Transfer-Encoding: identity\r\n\r\nabc", 400},
+          {"TE chunked, chunked", kPost + "Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+           400},
+          {"TE chunked, gzip", kPost + "Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400},
+          {"TE xchunked", kPost + "Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400},
+          {"TE chunkedx", kPost + "Transfer-Encoding: chunkedx\r\n\r\n0\r\n\r\n", 400},
+          {"TE trailing VT", kPost + "Transfer-Encoding: chunked\x0b\r\n\r\n0\r\n\r\n", 400},
+          {"TE trailing SOH", kPost + "Transfer-Encoding: chunked\x01\r\n\r\n0\r\n\r\n", 400},
+          {"TE trailing DEL", kPost + "Transfer-Encoding: chunked\x7f\r\n\r\n0\r\n\r\n", 400},
+          {"TE trailing FF", kPost + "Transfer-Encoding: chunked\x0c\r\n\r\n0\r\n\r\n", 400},
+          {"TE repeated header",
+           kPost + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+           400},
+          {"TE empty list element", kPost + "Transfer-Encoding: , chunked\r\n\r\n0\r\n\r\n", 400},
+          {"TE empty", kPost + "Transfer-Encoding: \r\n\r\n0\r\n\r\n", 400},
+          {"TE chunked with parameter", kPost + "Transfer-Encoding: chunked;q=1\r\n\r\n0\r\n\r\n",
+           400},
+          {"TE two words", kPost + "Transfer-Encoding: gzip chunked\r\n\r\n0\r\n\r\n", 400},
+          {"TE in HTTP/1.0",
+           "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 400},
+          {"TE in HTTP/1.0 with CL",
+           "POST / HTTP/1.0\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello", 400},
+          // Well-formed, but a coding this proxy does not implement: 501 (RFC 9112 6.1).
+          {"TE gzip, chunked", kPost + "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501},
+          {"TE deflate;x=1, chunked",
+           kPost + "Transfer-Encoding: deflate;x=1, chunked\r\n\r\n0\r\n\r\n", 501},
+      });
 }
 
 TEST_CASE("strict: malformed header lines are rejected", "[http]") {
-  expect_rejected(Kind::request, {}, {
-      {"SP before colon", "GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400},
-      {"SP before colon, CL", kPost + "Content-Length : 5\r\n\r\nhello", 400},
-      {"SP before colon, TE", kPost + "Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400},
-      {"HTAB before colon", "GET / HTTP/1.1\r\nHost\t: x\r\n\r\n", 400},
-      {"SP inside name", "GET / HTTP/1.1\r\nHo st: x\r\n\r\n", 400},
-      {"obs-fold SP", "GET / HTTP/1.1\r\n" + kHost + "X-A: a\r\n b\r\n\r\n", 400},
-      {"obs-fold HTAB", "GET / HTTP/1.1\r\n" + kHost + "X-A: a\r\n\tb\r\n\r\n", 400},
-      {"obs-fold of TE", kPost + "Transfer-Encoding: gzip,\r\n chunked\r\n\r\n0\r\n\r\n", 400},
-      {"bare CR in value", "GET / HTTP/1.1\r\n" + kHost + "X-A: a\rb\r\n\r\n", 400},
-      {"bare CR ends a header", "GET / HTTP/1.1\r\n" + kHost + "X-A: a\r\r\n\r\n", 400},
-      {"bare CR ends the head", "GET / HTTP/1.1\r\n" + kHost + "\rX", 400},
-      {"bare CR ends the head, then a request",
-       "GET / HTTP/1.1\r\n" + kHost + "\rXGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400},
-      {"bare CR in request line", "GET / HTTP/1.1\r" + kHost + "\r\n", 400},
-      {"bare CR in target", "GET /a\rb HTTP/1.1\r\n" + kHost + "\r\n", 400},
-      {"bare CR in name", "GET / HTTP/1.1\r\n" + kHost + "X\rA: a\r\n\r\n", 400},
-      {"bare LF ends request line", "GET / HTTP/1.1\n" + kHost + "\r\n", 400},
-      {"bare LF ends a header", "GET / HTTP/1.1\r\n" + kHost + "X-A: a\n\r\n", 400},
-      {"bare LF ends the head", "GET / HTTP/1.1\r\n" + kHost + "\n", 400},
-      {"NUL in method", nul("G", "ET / HTTP/1.1\r\n" + kHost + "\r\n"), 400},
-      {"NUL before method", nul("", "GET / HTTP/1.1\r\n" + kHost + "\r\n"), 400},
-      {"NUL in target", nul("GET /a", "b HTTP/1.1\r\n" + kHost + "\r\n"), 400},
-      {"NUL in version", nul("GET / HTTP/1.1", "\r\n" + kHost + "\r\n"), 400},
-      {"NUL in name", nul("GET / HTTP/1.1\r\n" + kHost + "X", "A: b\r\n\r\n"), 400},
-      {"NUL in value", nul("GET / HTTP/1.1\r\n" + kHost + "X-A: a", "b\r\n\r\n"), 400},
-      {"NUL after the head", nul("GET / HTTP/1.1\r\n" + kHost + "\r", "\n"), 400},
-      {"NUL in chunk size", nul(kChunkedPost + "5", "\r\nhello\r\n0\r\n\r\n"), 400},
-      {"NUL in chunk extension", nul(kChunkedPost + "5;a", "=b\r\nhello\r\n0\r\n\r\n"), 400},
-      {"NUL in trailer", nul(kChunkedPost + "0\r\nT: a", "\r\n\r\n"), 400},
-      {"name with quote", "GET / HTTP/1.1\r\n" + kHost + "X\"A: a\r\n\r\n", 400},
-      {"name with paren", "GET / HTTP/1.1\r\n" + kHost + "X(A: a\r\n\r\n", 400},
-      {"name with slash", "GET / HTTP/1.1\r\n" + kHost + "X/A: a\r\n\r\n", 400},
-      {"name with @", "GET / HTTP/1.1\r\n" + kHost + "X@A: a\r\n\r\n", 400},
-      {"name with 0x80", "GET / HTTP/1.1\r\n" + kHost + "X\x80" "A: a\r\n\r\n", 400},
-      {"name with 0x01", "GET / HTTP/1.1\r\n" + kHost + "X\x01" "A: a\r\n\r\n", 400},
-      {"name with DEL", "GET / HTTP/1.1\r\n" + kHost + "X\x7f" "A: a\r\n\r\n", 400},
-      {"empty name", "GET / HTTP/1.1\r\n" + kHost + ": a\r\n\r\n", 400},
-      {"empty name first", "GET / HTTP/1.1\r\n: a\r\n" + kHost + "\r\n", 400},
-      {"value with 0x01", "GET / HTTP/1.1\r\n" + kHost + "X-A: a\x01\r\n\r\n", 400},
-      {"value with DEL", "GET / HTTP/1.1\r\n" + kHost + "X-A: a\x7f\r\n\r\n", 400},
-      {"line without colon", "GET / HTTP/1.1\r\n" + kHost + "X-A a\r\n\r\n", 400},
-      {"line without colon or space", "GET / HTTP/1.1\r\n" + kHost + "X-A\r\n\r\n", 400},
-      {"SP before first header", "GET / HTTP/1.1\r\n " + kHost + "\r\n", 400},
-      {"HTAB before first header", "GET / HTTP/1.1\r\n\t" + kHost + "\r\n", 400},
-      {"SP before first header, CL", "POST / HTTP/1.1\r\n Content-Length: 5\r\n" + kHost +
-                                         "\r\nhello", 400},
-  });
+  expect_rejected(
+      Kind::request, {},
+      {
+          {"SP before colon", "GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400},
+          {"SP before colon, CL", kPost + "Content-Length : 5\r\n\r\nhello", 400},
+          {"SP before colon, TE", kPost + "Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400},
+          {"HTAB before colon", "GET / HTTP/1.1\r\nHost\t: x\r\n\r\n", 400},
+          {"SP inside name", "GET / HTTP/1.1\r\nHo st: x\r\n\r\n", 400},
+          {"obs-fold SP", "GET / HTTP/1.1\r\n" + kHost + "X-A: a\r\n b\r\n\r\n", 400},
+          {"obs-fold HTAB", "GET / HTTP/1.1\r\n" + kHost + "X-A: a\r\n\tb\r\n\r\n", 400},
+          {"obs-fold of TE", kPost + "Transfer-Encoding: gzip,\r\n chunked\r\n\r\n0\r\n\r\n", 400},
+          {"bare CR in value", "GET / HTTP/1.1\r\n" + kHost + "X-A: a\rb\r\n\r\n", 400},
+          {"bare CR ends a header", "GET / HTTP/1.1\r\n" + kHost + "X-A: a\r\r\n\r\n", 400},
+          {"bare CR ends the head", "GET / HTTP/1.1\r\n" + kHost + "\rX", 400},
+          {"bare CR ends the head, then a request",
+           "GET / HTTP/1.1\r\n" + kHost + "\rXGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400},
+          {"bare CR in request line", "GET / HTTP/1.1\r" + kHost + "\r\n", 400},
+          {"bare CR in target", "GET /a\rb HTTP/1.1\r\n" + kHost + "\r\n", 400},
+          {"bare CR in name", "GET / HTTP/1.1\r\n" + kHost + "X\rA: a\r\n\r\n", 400},
+          {"bare LF ends request line", "GET / HTTP/1.1\n" + kHost + "\r\n", 400},
+          {"bare LF ends a header", "GET / HTTP/1.1\r\n" + kHost + "X-A: a\n\r\n", 400},
+          {"bare LF ends the head", "GET / HTTP/1.1\r\n" + kHost + "\n", 400},
+          {"NUL in method", nul("G", "ET / HTTP/1.1\r\n" + kHost + "\r\n"), 400},
+          {"NUL before method", nul("", "GET / HTTP/1.1\r\n" + kHost + "\r\n"), 400},
+          {"NUL in target", nul("GET /a", "b HTTP/1.1\r\n" + kHost + "\r\n"), 400},
+          {"NUL in version", nul("GET / HTTP/1.1", "\r\n" + kHost + "\r\n"), 400},
+          {"NUL in name", nul("GET / HTTP/1.1\r\n" + kHost + "X", "A: b\r\n\r\n"), 400},
+          {"NUL in value", nul("GET / HTTP/1.1\r\n" + kHost + "X-A: a", "b\r\n\r\n"), 400},
+          {"NUL after the head", nul("GET / HTTP/1.1\r\n" + kHost + "\r", "\n"), 400},
+          {"NUL in chunk size", nul(kChunkedPost + "5", "\r\nhello\r\n0\r\n\r\n"), 400},
+          {"NUL in chunk extension", nul(kChunkedPost + "5;a", "=b\r\nhello\r\n0\r\n\r\n"), 400},
+          {"NUL in trailer", nul(kChunkedPost + "0\r\nT: a", "\r\n\r\n"), 400},
+          {"name with quote", "GET / HTTP/1.1\r\n" + kHost + "X\"A: a\r\n\r\n", 400},
+          {"name with paren", "GET / HTTP/1.1\r\n" + kHost + "X(A: a\r\n\r\n", 400},
+          {"name with slash", "GET / HTTP/1.1\r\n" + kHost + "X/A: a\r\n\r\n", 400},
+          {"name with @", "GET / HTTP/1.1\r\n" + kHost + "X@A: a\r\n\r\n", 400},
+          {"name with 0x80",
+           "GET / HTTP/1.1\r\n" + kHost +
+               "X\x80"
+               "A: a\r\n\r\n",
+           400},
+          {"name with 0x01",
+           "GET / HTTP/1.1\r\n" + kHost +
+               "X\x01"
+               "A: a\r\n\r\n",
+           400},
+          {"name with DEL",
+           "GET / HTTP/1.1\r\n" + kHost +
+               "X\x7f"
+               "A: a\r\n\r\n",
+           400},
+          {"empty name", "GET / HTTP/1.1\r\n" + kHost + ": a\r\n\r\n", 400},
+          {"empty name first", "GET / HTTP/1.1\r\n: a\r\n" + kHost + "\r\n", 400},
+          {"value with 0x01", "GET / HTTP/1.1\r\n" + kHost + "X-A: a\x01\r\n\r\n", 400},
+          {"value with DEL", "GET / HTTP/1.1\r\n" + kHost + "X-A: a\x7f\r\n\r\n", 400},
+          {"line without colon", "GET / HTTP/1.1\r\n" + kHost + "X-A a\r\n\r\n", 400},
+          {"line without colon or space", "GET / HTTP/1.1\r\n" + kHost + "X-A\r\n\r\n", 400},
+          {"SP before first header", "GET / HTTP/1.1\r\n " + kHost + "\r\n", 400},
+          {"HTAB before first header", "GET / HTTP/1.1\r\n\t" + kHost + "\r\n", 400},
+          {"SP before first header, CL",
+           "POST / HTTP/1.1\r\n Content-Length: 5\r\n" + kHost + "\r\nhello", 400},
+      });
 }
 
 TEST_CASE("strict: malformed chunked bodies are rejected", "[http]") {
-  expect_rejected(Kind::request, {}, {
-      {"chunk size 0x5", kChunkedPost + "0x5\r\nhello\r\n0\r\n\r\n", 400},
-      {"chunk size +5", kChunkedPost + "+5\r\nhello\r\n0\r\n\r\n", 400},
-      {"chunk size -0", kChunkedPost + "-0\r\n\r\n", 400},
-      {"chunk size leading SP", kChunkedPost + " 5\r\nhello\r\n0\r\n\r\n", 400},
-      {"chunk size leading HTAB", kChunkedPost + "\t5\r\nhello\r\n0\r\n\r\n", 400},
-      {"chunk size trailing SP", kChunkedPost + "5 \r\nhello\r\n0\r\n\r\n", 400},
-      {"chunk size overflow", kChunkedPost + "10000000000000000\r\nhello\r\n0\r\n\r\n", 400},
-      {"chunk size empty", kChunkedPost + "\r\nhello\r\n0\r\n\r\n", 400},
-      {"chunk size g", kChunkedPost + "g\r\n", 400},
-      {"chunk size bare LF", kChunkedPost + "5\nhello\r\n0\r\n\r\n", 400},
-      {"chunk size bare CR", kChunkedPost + "5\rXhello\r\n0\r\n\r\n", 400},
-      {"chunk data too long", kChunkedPost + "3\r\nhello\r\n0\r\n\r\n", 400},
-      // llhttp 8.1 skips the two bytes after chunk data unchecked: "XX" would be
-      // taken as CRLF and the hidden last chunk would end the body early.
-      {"chunk data too long by 2", kChunkedPost + "3\r\nhelXX0\r\n\r\n", 400},
-      {"chunk data then LF only", kChunkedPost + "3\r\nhel\n0\r\n\r\n", 400},
-      {"chunk data then CR only", kChunkedPost + "3\r\nhel\rX0\r\n\r\n", 400},
-      {"last chunk then bare CR", kChunkedPost + "0\r\n\rX", 400},
-      {"last chunk then bare LF", kChunkedPost + "0\r\n\n", 400},
-      // A request hidden in the trailer section is a malformed trailer line.
-      {"request in trailers", kChunkedPost + "0\r\nGET /x HTTP/1.1\r\nHost: y\r\n\r\n", 400},
-      {"obs-fold in trailers", kChunkedPost + "0\r\nT: a\r\n b\r\n\r\n", 400},
-      {"TE in trailers", kChunkedPost + "0\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
-      {"TE gzip in trailers", kChunkedPost + "0\r\ntransfer-encoding: gzip\r\n\r\n", 400},
-      {"CL in trailers", kChunkedPost + "0\r\nContent-Length: 5\r\n\r\n", 400},
-      {"CL+TE smuggling",
-       kPost + "Content-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-               "GET /admin HTTP/1.1\r\nHost: x\r\n\r\n",
-       400},
-  });
+  expect_rejected(
+      Kind::request, {},
+      {
+          {"chunk size 0x5", kChunkedPost + "0x5\r\nhello\r\n0\r\n\r\n", 400},
+          {"chunk size +5", kChunkedPost + "+5\r\nhello\r\n0\r\n\r\n", 400},
+          {"chunk size -0", kChunkedPost + "-0\r\n\r\n", 400},
+          {"chunk size leading SP", kChunkedPost + " 5\r\nhello\r\n0\r\n\r\n", 400},
+          {"chunk size leading HTAB", kChunkedPost + "\t5\r\nhello\r\n0\r\n\r\n", 400},
+          {"chunk size trailing SP", kChunkedPost + "5 \r\nhello\r\n0\r\n\r\n", 400},
+          {"chunk size overflow", kChunkedPost + "10000000000000000\r\nhello\r\n0\r\n\r\n", 400},
+          {"chunk size empty", kChunkedPost + "\r\nhello\r\n0\r\n\r\n", 400},
+          {"chunk size g", kChunkedPost + "g\r\n", 400},
+          {"chunk size bare LF", kChunkedPost + "5\nhello\r\n0\r\n\r\n", 400},
+          {"chunk size bare CR", kChunkedPost + "5\rXhello\r\n0\r\n\r\n", 400},
+          {"chunk data too long", kChunkedPost + "3\r\nhello\r\n0\r\n\r\n", 400},
+          // llhttp 8.1 skips the two bytes after chunk data unchecked: "XX" would be
+          // taken as CRLF and the hidden last chunk would end the body early.
+          {"chunk data too long by 2", kChunkedPost + "3\r\nhelXX0\r\n\r\n", 400},
+          {"chunk data then LF only", kChunkedPost + "3\r\nhel\n0\r\n\r\n", 400},
+          {"chunk data then CR only", kChunkedPost + "3\r\nhel\rX0\r\n\r\n", 400},
+          {"last chunk then bare CR", kChunkedPost + "0\r\n\rX", 400},
+          {"last chunk then bare LF", kChunkedPost + "0\r\n\n", 400},
+          // A request hidden in the trailer section is a malformed trailer line.
+          {"request in trailers", kChunkedPost + "0\r\nGET /x HTTP/1.1\r\nHost: y\r\n\r\n", 400},
+          {"obs-fold in trailers", kChunkedPost + "0\r\nT: a\r\n b\r\n\r\n", 400},
+          {"TE in trailers", kChunkedPost + "0\r\nTransfer-Encoding: chunked\r\n\r\n", 400},
+          {"TE gzip in trailers", kChunkedPost + "0\r\ntransfer-encoding: gzip\r\n\r\n", 400},
+          {"CL in trailers", kChunkedPost + "0\r\nContent-Length: 5\r\n\r\n", 400},
+          {"CL+TE smuggling",
+           kPost + "Content-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                   "GET /admin HTTP/1.1\r\nHost: x\r\n\r\n",
+           400},
+      });
 }
 
 TEST_CASE("strict: request line, version, Host and method", "[http]") {
-  expect_rejected(Kind::request, {}, {
-      {"HTTP/1.32", "GET / HTTP/1.32\r\n" + kHost + "\r\n", 400},
-      {"HTTP/1.2", "GET / HTTP/1.2\r\n" + kHost + "\r\n", 400},
-      {"HTTP/2.0", "GET / HTTP/2.0\r\n" + kHost + "\r\n", 400},
-      {"HTTP/0.9", "GET / HTTP/0.9\r\n" + kHost + "\r\n", 400},
-      {"HTTP/11.1", "GET / HTTP/11.1\r\n" + kHost + "\r\n", 400},
-      {"lowercase http", "GET / http/1.1\r\n" + kHost + "\r\n", 400},
-      {"HTTP/1.1 then SP", "GET / HTTP/1.1 \r\n" + kHost + "\r\n", 400},
-      {"no version", "GET /\r\n" + kHost + "\r\n", 400},
-      {"HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400},
-      {"two SP after method", "GET  / HTTP/1.1\r\n" + kHost + "\r\n", 400},
-      {"two SP after target", "GET /  HTTP/1.1\r\n" + kHost + "\r\n", 400},
-      {"HTAB after method", "GET\t/ HTTP/1.1\r\n" + kHost + "\r\n", 400},
-      {"HTAB in target", "GET /a\tb HTTP/1.1\r\n" + kHost + "\r\n", 400},
-      {"FF in target", "GET /a\x0c HTTP/1.1\r\n" + kHost + "\r\n", 400},
-      {"0x80 in target", "GET /a\x80 HTTP/1.1\r\n" + kHost + "\r\n", 400},
-      {"lowercase method", "get / HTTP/1.1\r\n" + kHost + "\r\n", 400},
-      {"HTTP/1.1 without Host", "GET / HTTP/1.1\r\n\r\n", 400},
-      {"two Host headers", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},
-      {"two equal Host headers", "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400},
-      {"two Host headers in HTTP/1.0", "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400},
-      {"Host with a space", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400},
-      {"Host with a slash", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400},
-      {"CONNECT", "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405},
-  });
+  expect_rejected(
+      Kind::request, {},
+      {
+          {"HTTP/1.32", "GET / HTTP/1.32\r\n" + kHost + "\r\n", 400},
+          {"HTTP/1.2", "GET / HTTP/1.2\r\n" + kHost + "\r\n", 400},
+          {"HTTP/2.0", "GET / HTTP/2.0\r\n" + kHost + "\r\n", 400},
+          {"HTTP/0.9", "GET / HTTP/0.9\r\n" + kHost + "\r\n", 400},
+          {"HTTP/11.1", "GET / HTTP/11.1\r\n" + kHost + "\r\n", 400},
+          {"lowercase http", "GET / http/1.1\r\n" + kHost + "\r\n", 400},
+          {"HTTP/1.1 then SP", "GET / HTTP/1.1 \r\n" + kHost + "\r\n", 400},
+          {"no version", "GET /\r\n" + kHost + "\r\n", 400},
+          {"HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400},
+          {"two SP after method", "GET  / HTTP/1.1\r\n" + kHost + "\r\n", 400},
+          {"two SP after target", "GET /  HTTP/1.1\r\n" + kHost + "\r\n", 400},
+          {"HTAB after method", "GET\t/ HTTP/1.1\r\n" + kHost + "\r\n", 400},
+          {"HTAB in target", "GET /a\tb HTTP/1.1\r\n" + kHost + "\r\n", 400},
+          {"FF in target", "GET /a\x0c HTTP/1.1\r\n" + kHost + "\r\n", 400},
+          {"0x80 in target", "GET /a\x80 HTTP/1.1\r\n" + kHost + "\r\n", 400},
+          {"lowercase method", "get / HTTP/1.1\r\n" + kHost + "\r\n", 400},
+          {"HTTP/1.1 without Host", "GET / HTTP/1.1\r\n\r\n", 400},
+          {"two Host headers", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},
+          {"two equal Host headers", "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400},
+          {"two Host headers in HTTP/1.0", "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400},
+          {"Host with a space", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400},
+          {"Host with a slash", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400},
+          {"CONNECT", "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405},
+      });
 }
 
 TEST_CASE("strict: limits hold however the head is split", "[http]") {
@@ -396,61 +421,67 @@ TEST_CASE("strict: limits hold however the head is split", "[http]") {
   lim.request_line_bytes = 64;
   lim.header_bytes = 256;
   lim.header_count = 4;
-  expect_rejected(Kind::request, lim, {
-      {"long target", "GET /" + std::string(100, 'a') + " HTTP/1.1\r\n" + kHost + "\r\n", 414},
-      {"long value", "GET / HTTP/1.1\r\n" + kHost + "A: " + std::string(300, 'v') + "\r\n\r\n",
-       431},
-      {"many small headers", "GET / HTTP/1.1\r\n" + kHost + "A: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\n\r\n",
-       431},
-      {"header bytes from many lines",
-       "GET / HTTP/1.1\r\n" + kHost + "A: " + std::string(100, 'v') + "\r\nB: " +
-           std::string(100, 'v') + "\r\nC: " + std::string(100, 'v') + "\r\n\r\n",
-       431},
-      {"long name", "GET / HTTP/1.1\r\n" + kHost + std::string(300, 'n') + ": 1\r\n\r\n", 431},
-      {"long trailer", kChunkedPost + "0\r\nT: " + std::string(300, 'v') + "\r\n\r\n", 431},
-  });
+  expect_rejected(
+      Kind::request, lim,
+      {
+          {"long target", "GET /" + std::string(100, 'a') + " HTTP/1.1\r\n" + kHost + "\r\n", 414},
+          {"long value", "GET / HTTP/1.1\r\n" + kHost + "A: " + std::string(300, 'v') + "\r\n\r\n",
+           431},
+          {"many small headers",
+           "GET / HTTP/1.1\r\n" + kHost + "A: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\n\r\n", 431},
+          {"header bytes from many lines",
+           "GET / HTTP/1.1\r\n" + kHost + "A: " + std::string(100, 'v') +
+               "\r\nB: " + std::string(100, 'v') + "\r\nC: " + std::string(100, 'v') + "\r\n\r\n",
+           431},
+          {"long name", "GET / HTTP/1.1\r\n" + kHost + std::string(300, 'n') + ": 1\r\n\r\n", 431},
+          {"long trailer", kChunkedPost + "0\r\nT: " + std::string(300, 'v') + "\r\n\r\n", 431},
+      });
 }
 
 TEST_CASE("strict: replica responses are held to the same framing rules", "[http]") {
   const std::string ok = "HTTP/1.1 200 OK\r\n";
   const std::string te = ok + "Transfer-Encoding: chunked\r\n\r\n";
-  expect_rejected(Kind::response, {}, {
-      {"CL then TE", ok + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 502},
-      {"TE then CL", ok + "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 502},
-      {"CL twice, same value", ok + "Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 502},
-      {"CL twice, different", ok + "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 502},
-      {"CL list", ok + "Content-Length: 5, 5\r\n\r\nhello", 502},
-      {"CL signed", ok + "Content-Length: +5\r\n\r\nhello", 502},
-      {"CL hex", ok + "Content-Length: 0x5\r\n\r\nhello", 502},
-      {"CL overflow", ok + "Content-Length: 18446744073709551616\r\n\r\n", 502},
-      {"TE gzip (would be read to close)", ok + "Transfer-Encoding: gzip\r\n\r\nabc", 502},
-      {"TE identity", ok + "Transfer-Encoding: identity\r\n\r\nabc", 502},
-      {"TE chunked, chunked", ok + "Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", 502},
-      {"TE gzip, chunked", ok + "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 502},
-      {"TE xchunked", ok + "Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 502},
-      {"TE repeated",
-       ok + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 502},
-      {"TE in HTTP/1.0", "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 502},
-      {"chunk size 0x5", te + "0x5\r\nhello\r\n0\r\n\r\n", 502},
-      {"chunk size -0", te + "-0\r\n\r\n", 502},
-      {"chunk size leading SP", te + " 5\r\nhello\r\n0\r\n\r\n", 502},
-      {"chunk size overflow", te + "10000000000000000\r\nhello\r\n0\r\n\r\n", 502},
-      {"chunk data too long", te + "3\r\nhello\r\n0\r\n\r\n", 502},
-      {"chunk data too long by 2", te + "3\r\nhelXX0\r\n\r\n", 502},
-      // llhttp would turn the ended message close-delimited.
-      {"TE in trailers", te + "1\r\na\r\n0\r\nTransfer-Encoding: H\r\n\r\n", 502},
-      {"CL in trailers", te + "1\r\na\r\n0\r\nContent-Length: 0\r\n\r\n", 502},
-      {"SP before colon", ok + "Content-Length : 0\r\n\r\n", 502},
-      {"obs-fold", ok + "X: a\r\n b\r\nContent-Length: 0\r\n\r\n", 502},
-      {"bare CR", ok + "X: a\rb\r\nContent-Length: 0\r\n\r\n", 502},
-      {"bare CR ends the head", ok + "Content-Length: 0\r\n\rX", 502},
-      {"bare LF", ok + "X: a\nContent-Length: 0\r\n\r\n", 502},
-      {"NUL in a value", nul(ok + "X: a", "b\r\nContent-Length: 0\r\n\r\n"), 502},
-      {"HTTP/1.32", "HTTP/1.32 200 OK\r\nContent-Length: 0\r\n\r\n", 502},
-      {"two SP in status line", "HTTP/1.1  200 OK\r\nContent-Length: 0\r\n\r\n", 502},
-      {"control byte in reason", "HTTP/1.1 200 O\x01K\r\nContent-Length: 0\r\n\r\n", 502},
-      {"upgrade", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", 502},
-  });
+  expect_rejected(
+      Kind::response, {},
+      {
+          {"CL then TE", ok + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+           502},
+          {"TE then CL", ok + "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+           502},
+          {"CL twice, same value", ok + "Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 502},
+          {"CL twice, different", ok + "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 502},
+          {"CL list", ok + "Content-Length: 5, 5\r\n\r\nhello", 502},
+          {"CL signed", ok + "Content-Length: +5\r\n\r\nhello", 502},
+          {"CL hex", ok + "Content-Length: 0x5\r\n\r\nhello", 502},
+          {"CL overflow", ok + "Content-Length: 18446744073709551616\r\n\r\n", 502},
+          {"TE gzip (would be read to close)", ok + "Transfer-Encoding: gzip\r\n\r\nabc", 502},
+          {"TE identity", ok + "Transfer-Encoding: identity\r\n\r\nabc", 502},
+          {"TE chunked, chunked", ok + "Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", 502},
+          {"TE gzip, chunked", ok + "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 502},
+          {"TE xchunked", ok + "Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 502},
+          {"TE repeated",
+           ok + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 502},
+          {"TE in HTTP/1.0", "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 502},
+          {"chunk size 0x5", te + "0x5\r\nhello\r\n0\r\n\r\n", 502},
+          {"chunk size -0", te + "-0\r\n\r\n", 502},
+          {"chunk size leading SP", te + " 5\r\nhello\r\n0\r\n\r\n", 502},
+          {"chunk size overflow", te + "10000000000000000\r\nhello\r\n0\r\n\r\n", 502},
+          {"chunk data too long", te + "3\r\nhello\r\n0\r\n\r\n", 502},
+          {"chunk data too long by 2", te + "3\r\nhelXX0\r\n\r\n", 502},
+          // llhttp would turn the ended message close-delimited.
+          {"TE in trailers", te + "1\r\na\r\n0\r\nTransfer-Encoding: H\r\n\r\n", 502},
+          {"CL in trailers", te + "1\r\na\r\n0\r\nContent-Length: 0\r\n\r\n", 502},
+          {"SP before colon", ok + "Content-Length : 0\r\n\r\n", 502},
+          {"obs-fold", ok + "X: a\r\n b\r\nContent-Length: 0\r\n\r\n", 502},
+          {"bare CR", ok + "X: a\rb\r\nContent-Length: 0\r\n\r\n", 502},
+          {"bare CR ends the head", ok + "Content-Length: 0\r\n\rX", 502},
+          {"bare LF", ok + "X: a\nContent-Length: 0\r\n\r\n", 502},
+          {"NUL in a value", nul(ok + "X: a", "b\r\nContent-Length: 0\r\n\r\n"), 502},
+          {"HTTP/1.32", "HTTP/1.32 200 OK\r\nContent-Length: 0\r\n\r\n", 502},
+          {"two SP in status line", "HTTP/1.1  200 OK\r\nContent-Length: 0\r\n\r\n", 502},
+          {"control byte in reason", "HTTP/1.1 200 O\x01K\r\nContent-Length: 0\r\n\r\n", 502},
+          {"upgrade", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", 502},
+      });
 }
 
 TEST_CASE("strict: well-formed messages still pass, whatever the split", "[http]") {
@@ -501,8 +532,9 @@ TEST_CASE("strict: well-formed messages still pass, whatever the split", "[http]
       {"chunked",
        "HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\n\r\n", "hello",
        true},
-      {"chunked with trailers", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                "5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+      {"chunked with trailers",
+       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+       "5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
        "hello", true},
       {"no reason phrase", "HTTP/1.1 200 \r\nContent-Length: 2\r\n\r\nok", "ok", true},
       {"no reason, no SP", "HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n", "", true},
@@ -551,8 +583,9 @@ TEST_CASE("strict: trailer fields do not change what the head said", "[http]") {
   CHECK(m.chunked());
   CHECK_FALSE(m.has_content_length());
 
-  std::string resp = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     "1\r\na\r\n0\r\nConnection: close\r\n\r\n";
+  std::string resp =
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "1\r\na\r\n0\r\nConnection: close\r\n\r\n";
   MessageParser r(Kind::response, {});
   REQUIRE(r.feed(resp.data(), resp.size(), &used) == Status::kHead);
   off = used;
