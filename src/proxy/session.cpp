@@ -471,6 +471,11 @@ void ClientConn::reject_saturated(bool any_usable) {
 // at the end (or when it moves to another replica) it is debited.
 bool ClientConn::credit_dispatch() {
   TR_ASSERT(phase_ == Phase::kNone && backend_ >= 0);
+  // What the replica had queued ahead of this request, for learning its prefill
+  // cost from the TTFT this request will show (Worker::learn_prefill_cost).
+  routing::ReplicaView v;
+  w_->replicas().view(static_cast<size_t>(backend_), &v);
+  learn_load_ = v.load;
   scores::Dispatch& d = w_->shared().table->at(static_cast<size_t>(backend_)).dispatch;
   int64_t before = d.inflight.fetch_add(1, std::memory_order_relaxed);
   uint32_t limit = w_->replicas().max_inflight(static_cast<size_t>(backend_));
@@ -717,6 +722,10 @@ void ClientConn::upstream_body_piece(const char* p, size_t n) {
         ttft_ms_ = ttft_s * 1000;
         w_->stats().observe_ttft(ttft_s);
         if (predicted_ttft_s_ >= 0) w_->stats().observe_ttft_error(predicted_ttft_s_ - ttft_s);
+        if (phase_ == Phase::kPrefill) {
+          w_->learn_prefill_cost(static_cast<uint32_t>(backend_), learn_load_, cost_.prompt_tokens,
+                                 ttft_s);
+        }
         dispatch_first_token();
       }
     });

@@ -139,6 +139,7 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   enum class Phase : uint8_t { kNone, kPrefill, kDecode };
   Phase phase_ = Phase::kNone;  // dispatch accounting of the current attempt
   estimator::RequestCost cost_{};
+  estimator::ReplicaLoad learn_load_{};  // the replica's load when this attempt was sent
   double predicted_ttft_s_ = -1;
   // Admission queue (owned by the worker; links valid while queued_).
   ClientConn* qprev_ = nullptr;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 
 #include "core/assert.hpp"
@@ -36,6 +37,8 @@ uint64_t xoroshiro_next(uint64_t s[2]) {
 // process (seen in its scrape but not in our accounting).
 constexpr double kForeignPromptTokens = 256;
 constexpr double kForeignOutputTokens = 128;
+// How long a per-token cost learned from observed TTFTs stays in force.
+constexpr int64_t kLearnedTtlMs = 30000;
 
 TableSource::TableSource(const Config* cfg, const scores::Table* table)
     : table_(table), slow_start_ms_(cfg->eject.slow_start_ms) {
@@ -86,6 +89,14 @@ void TableSource::view(size_t i, routing::ReplicaView* v) const {
   if ((st.flags & scores::RoutingState::kCalibrated) || st.step_base_s > 0) {
     l.step_base_s = st.step_base_s;  // its own, or the fleet's until it has its own
     l.step_per_token_s = st.step_per_token_s;
+    // The scrape fit cannot separate per-token cost well under mixed load; what
+    // this worker learned from real TTFTs wins when it says prefill costs more.
+    // Only while fresh: a replica that stopped getting traffic because of a bad
+    // spell is judged by its scrapes again after kLearnedTtlMs.
+    if (learned_per_token_ && (*learned_per_token_)[i] > l.step_per_token_s &&
+        now_ms_ - (*learned_at_ms_)[i] < kLearnedTtlMs) {
+      l.step_per_token_s = (*learned_per_token_)[i];
+    }
   } else {
     l.step_base_s = estimator::kDefaultStepBaseS;
     l.step_per_token_s = estimator::kDefaultStepPerTokenS;
@@ -118,6 +129,10 @@ Worker::Worker(Shared* shared, const WorkerOptions& opt)
             static_cast<uint64_t>(mono_ns());
   policy_ = routing::make_policy(po);
   idle_.resize(shared->cfg->backends.size());
+  learned_per_token_.assign(shared->cfg->backends.size(), 0.0);
+  learned_samples_.assign(shared->cfg->backends.size(), 0);
+  learned_at_ms_.assign(shared->cfg->backends.size(), INT64_MIN / 2);
+  replicas_.set_learned_per_token(&learned_per_token_, &learned_at_ms_);
   if (getrandom(rng_state_, sizeof rng_state_, 0) != sizeof rng_state_) {
     rng_state_[0] = static_cast<uint64_t>(mono_ns()) ^ (opt.index + 1);
     rng_state_[1] = 0x9e3779b97f4a7c15ull;
@@ -270,6 +285,31 @@ UpstreamConn* Worker::take_idle(uint32_t b) {
     return u;
   }
   return nullptr;
+}
+
+// TTFT on a replica ~= n * (base + per_token * D) + per_token * P, where P is the
+// prefill queued ahead plus this prompt, D the running decodes and n the steps
+// prefill takes (estimator/predict.hpp). With base from the scrape calibration,
+// one observation gives per_token; an EWMA over requests with enough prefill to
+// be informative gives the replica's cost as this proxy sees it.
+void Worker::learn_prefill_cost(uint32_t b, const estimator::ReplicaLoad& load,
+                                uint32_t prompt_tokens, double ttft_s) {
+  constexpr double kMinPrefillTokens = 512;  // below this, TTFT is mostly fixed cost
+  double p = load.prefill_tokens_queued + prompt_tokens;
+  if (p < kMinPrefillTokens || !(ttft_s > 0)) return;
+  double d = std::max(0.0, std::min<double>(load.running, load.max_num_seqs));
+  double budget = load.budget_tokens ? load.budget_tokens : estimator::kDefaultBudgetTokens;
+  double c = std::max(budget - d, budget / 8);
+  double n = std::ceil(p / c);
+  double sample = (ttft_s - n * load.step_base_s) / (n * d + p);
+  if (!(sample > 0)) return;
+  sample = std::clamp(sample, estimator::kStepPerTokenMinS, estimator::kStepPerTokenMaxS);
+  double& v = learned_per_token_[b];
+  int64_t now = mono_ms();
+  bool fresh = now - learned_at_ms_[b] < kLearnedTtlMs;
+  v = (v == 0 || !fresh) ? sample : 0.8 * v + 0.2 * sample;
+  ++learned_samples_[b];
+  learned_at_ms_[b] = now;
 }
 
 void Worker::report_replica_result(uint32_t b, bool ok) {

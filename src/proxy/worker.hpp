@@ -39,6 +39,11 @@ class TableSource final : public routing::ReplicaSource {
   void view(size_t i, routing::ReplicaView* out) const override;
   // The time decisions are made at (ejection, slow start); set once per decision.
   void set_now(int64_t now_ms) const { now_ms_ = now_ms; }
+  // Per-token prefill cost learned by this worker from observed TTFTs (0 = none yet).
+  void set_learned_per_token(const std::vector<double>* v, const std::vector<int64_t>* at_ms) {
+    learned_per_token_ = v;
+    learned_at_ms_ = at_ms;
+  }
 
  private:
   // Per-replica constants from the config, dense so a decision does not walk
@@ -58,6 +63,8 @@ class TableSource final : public routing::ReplicaSource {
   std::vector<Fixed> fixed_;
   uint32_t slow_start_ms_;
   mutable int64_t now_ms_ = 0;
+  const std::vector<double>* learned_per_token_ = nullptr;
+  const std::vector<int64_t>* learned_at_ms_ = nullptr;  // time of the last sample
 };
 
 // Process-wide state a worker reads. Owned by main; outlives every worker.
@@ -108,6 +115,10 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   // errors, resets before the response and 5xx answers; enough in a row eject the
   // replica ([eject]), never more than max_percent of the pool.
   void report_replica_result(uint32_t b, bool ok);
+  // A request's first token arrived <ttft_s> after it was sent to replica <b>,
+  // whose load was <load>: learn the replica's per-token prefill cost from it.
+  void learn_prefill_cost(uint32_t b, const estimator::ReplicaLoad& load, uint32_t prompt_tokens,
+                          double ttft_s);
   estimator::ModelLearner& learner() { return learner_; }
   accesslog::AccessLogWriter* access_log() { return alog_.get(); }
   const http::ParseLimits& parse_limits() const { return parse_limits_; }
@@ -172,6 +183,9 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   TableSource replicas_;
   estimator::ModelLearner learner_;
   std::unique_ptr<accesslog::AccessLogWriter> alog_;  // created on the worker's thread
+  std::vector<double> learned_per_token_;             // per replica, EWMA; 0 = no sample yet
+  std::vector<uint32_t> learned_samples_;
+  std::vector<int64_t> learned_at_ms_;
   http::ParseLimits parse_limits_;
   uint64_t rng_state_[2];
 
