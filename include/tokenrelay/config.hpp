@@ -112,7 +112,7 @@ struct RoutingConfig {
                                    // power_of_two | kv_aware | latency
   double ttft_weight = 1.0;        // [routing] ttft_weight: score = completion + w * ttft
   uint32_t sample_above = 16;      // [routing] sample_above: sample beyond this many replicas
-  uint32_t sample_size = 16;       // [routing] sample_size: replicas evaluated per decision
+  uint32_t sample_size = 12;       // [routing] sample_size: replicas evaluated per decision
 };
 
 struct AuthConfig {

@@ -12,6 +12,8 @@ struct Scored {
   uint32_t index;
   double score;
   double tiebreak;  // random: equal scores are taken in random order
+  float ttft_s;     // the estimator's prediction (latency policy; -1 otherwise)
+  float completion_s;
 };
 
 constexpr size_t kEvalMax = 256;  // replicas scored in one decision, at most
@@ -61,7 +63,10 @@ class ScoringPolicy : public Policy {
       double tie = round_robin_ties_
                        ? static_cast<double>((i + n - start) % n)
                        : static_cast<double>(((i + 1) * 0x9e3779b97f4a7c15ull ^ salt) >> 11);
-      scored[m++] = Scored{i, score(req, v), tie};
+      last_ = estimator::Prediction{-1, -1};
+      double sc = score(req, v);
+      scored[m++] = Scored{i, sc, tie, static_cast<float>(last_.ttft_s),
+                           static_cast<float>(last_.completion_s)};
     };
     if (n <= opt_.sample_above && n <= kEvalMax) {
       for (uint32_t i = 0; i < n; ++i)
@@ -92,14 +97,18 @@ class ScoringPolicy : public Policy {
     std::partial_sort(scored, scored + r.count, scored + m, better);
     for (size_t k = 0; k < r.count; ++k)
       out[k] = scored[k].index;
-    if (r.count > 0) annotate(req, src, out[0], &r);
+    if (r.count > 0) {
+      r.predicted_ttft_s = scored[0].ttft_s;
+      r.predicted_completion_s = scored[0].completion_s;
+    }
     return r;
   }
 
  protected:
   // Lower is better. Must be finite.
   virtual double score(const RouteRequest& req, const ReplicaView& v) = 0;
-  virtual void annotate(const RouteRequest&, const ReplicaSource&, uint32_t, Ranking*) {}
+  // score() may leave the estimator's prediction here for the ranking to report.
+  estimator::Prediction last_{-1, -1};
 
   PolicyOptions opt_;
   Rng rng_;
@@ -150,18 +159,11 @@ class Latency final : public ScoringPolicy {
  protected:
   double score(const RouteRequest& req, const ReplicaView& v) override {
     estimator::Prediction p = estimator::predict(v.load, req.cost);
+    last_ = p;
     double s = p.completion_s + opt_.ttft_weight * p.ttft_s;
     // A heavier replica is a faster one: divide its predicted time.
     s = per_weight(s, v.weight);
     return std::isfinite(s) ? s : 1e18;
-  }
-  void annotate(const RouteRequest& req, const ReplicaSource& src, uint32_t best,
-                Ranking* r) override {
-    ReplicaView v;
-    src.view(best, &v);
-    estimator::Prediction p = estimator::predict(v.load, req.cost);
-    r->predicted_ttft_s = p.ttft_s;
-    r->predicted_completion_s = p.completion_s;
   }
 };
 

@@ -64,7 +64,7 @@ struct PolicyOptions {
   PolicyKind kind = PolicyKind::latency;
   double ttft_weight = 1.0;    // latency: score = completion + ttft_weight * ttft
   uint32_t sample_above = 16;  // evaluate a sample when there are more replicas than this
-  uint32_t sample_size = 16;   // how many replicas the sample holds
+  uint32_t sample_size = 12;   // how many replicas the sample holds
   uint64_t seed = 1;
 };
 
