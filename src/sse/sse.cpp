@@ -2,6 +2,8 @@
 // minimal allocation-free walk of an event's top-level JSON keys.
 #include "sse/sse.hpp"
 
+#include "core/json.hpp"
+
 #include <algorithm>
 #include <bit>
 #include <charconv>
@@ -336,76 +338,8 @@ void SseScanner::dispatch() {
 }
 
 void append_json_string(std::string* out, std::string_view text) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
   out->push_back('"');
-  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-  size_t n = text.size();
-  size_t i = 0;
-  while (i < n) {
-    unsigned char c = s[i];
-    if (c < 0x80) {
-      switch (c) {
-        case '"':
-          out->append("\\\"");
-          break;
-        case '\\':
-          out->append("\\\\");
-          break;
-        case '\n':
-          out->append("\\n");
-          break;
-        case '\r':
-          out->append("\\r");
-          break;
-        case '\t':
-          out->append("\\t");
-          break;
-        case '\b':
-          out->append("\\b");
-          break;
-        case '\f':
-          out->append("\\f");
-          break;
-        default:
-          if (c < 0x20 || c == 0x7f) {
-            out->append("\\u00");
-            out->push_back(kHex[c >> 4]);
-            out->push_back(kHex[c & 0xf]);
-          } else {
-            out->push_back(static_cast<char>(c));
-          }
-      }
-      ++i;
-      continue;
-    }
-    // Multi-byte UTF-8: check the lead byte, the continuation bytes, and
-    // the ranges that rule out overlong forms, surrogates and > U+10FFFF.
-    size_t len = 0;
-    unsigned char lo = 0x80;
-    unsigned char hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;
-    }
-    bool valid = len != 0 && i + len <= n && s[i + 1] >= lo && s[i + 1] <= hi;
-    for (size_t k = 2; valid && k < len; ++k)
-      valid = s[i + k] >= 0x80 && s[i + k] <= 0xBF;
-    if (valid) {
-      out->append(text.substr(i, len));
-      i += len;
-    } else {
-      out->append(kReplacement);
-      ++i;
-    }
-  }
+  json_escape_append(*out, text);
   out->push_back('"');
 }
 
