@@ -12,7 +12,8 @@ SIM_CPU), the target pinned to PROXY_CPU (1 worker), a readiness check, then
 loadgen.py (pinned to SIM_CPU) for WARMUP + DURATION seconds of arrivals plus the
 drain, while a monitor thread samples every replica's /metrics (and tokenrelay's
 /status); then everything is stopped. Before each measured run the script waits
-while wrk or bench/run.sh runs (2 cores cannot host two benchmarks).
+while wrk, bench/run.sh or another routing benchmark runs (2 cores cannot host
+two benchmarks).
 
 Load. The capacity of one replica (requests/s of a workload mix) comes from the
 simulator's step model (model_capacity(): requests/s at a full batch of
@@ -214,13 +215,34 @@ def loadavg():
         return " ".join(f.read().split()[:3])
 
 
+def _ours(pid):
+    """True when <pid> is this process or one of its descendants."""
+    me = os.getpid()
+    for _ in range(64):
+        if pid == me:
+            return True
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid <= 1:
+            return False
+    return False
+
+
 def other_benchmark():
-    """What else benchmarks here: wrk or bench/run.sh (empty when nothing)."""
+    """What else benchmarks here: wrk, bench/run.sh, or another routing benchmark
+    (bench/routing/run.py or loadgen.py not started by this process). Empty when
+    nothing."""
     found = []
-    for args in (["pgrep", "-x", "wrk"], ["pgrep", "-f", "bench/run.sh"]):
+    for args in (["pgrep", "-x", "wrk"], ["pgrep", "-f", "bench/run.sh"],
+                 ["pgrep", "-f", r"bench/routing/(run|loadgen)\.py|routing/loadgen\.py"]):
         r = subprocess.run(args, capture_output=True, text=True)
-        if r.stdout.strip():
-            found.append("%s (pids %s)" % (args[-1], " ".join(r.stdout.split())))
+        pids = [int(p) for p in r.stdout.split() if not _ours(int(p))]
+        if pids:
+            what = args[-1] if args[1] != "-f" or "routing" not in args[-1] else "bench/routing"
+            found.append("%s (pids %s)" % (what, " ".join(map(str, pids))))
     return ", ".join(found)
 
 
@@ -820,6 +842,9 @@ def main():
     with open(os.path.join(OUT, "report.md"), "w") as f:
         f.write(text)
     print(text)
+    if set(SCENARIOS) == set(SCENARIO_DEFS) and set(TARGETS) == set(POLICIES) | set(NGINX):
+        # A complete run: its plot is the one bench/RESULTS.md shows.
+        shutil.copy(os.path.join(OUT, "ttft_short_p99.svg"), os.path.join(HERE, "ttft_short_p99.svg"))
     log("done in %.0f min: %s (report.md, ttft_short_p99.svg)" % (header["total_s"] / 60, OUT))
     return 0
 
