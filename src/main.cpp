@@ -1,34 +1,27 @@
-// tokenrelay: process bootstrap. Loads the config, binds one SO_REUSEPORT
-// listener per worker, starts the poller, the workers (one per CPU, pinned)
-// and the admin endpoint, tells systemd it is ready, and turns signals into
-// actions: SIGTERM/SIGINT drain and exit 0.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sched.h>
+// tokenrelay: process bootstrap. Parses the command line, loads the config,
+// starts the server (src/server: listeners, admin endpoint, the first
+// configuration's poller and workers), tells systemd it is ready, and turns
+// signals into actions: SIGHUP reloads, SIGUSR1 reopens the access log,
+// SIGTERM/SIGINT drain and exit 0.
 #include <signal.h>
-#include <sys/socket.h>
 #include <systemd/sd-daemon.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <memory>
+#include <ctime>
 #include <string>
-#include <vector>
 
-#include "accesslog/accesslog.hpp"
-#include "admin/admin.hpp"
-#include "auth/auth.hpp"
 #include "config/config.hpp"
 #include "core/log.hpp"
-#include "poller/poller.hpp"
-#include "proxy/worker.hpp"
-#include "scores/table.hpp"
+#include "io/loop.hpp"
+#include "server/server.hpp"
 
 namespace {
 
 constexpr const char* kDefaultConfig = "/etc/tokenrelay/tokenrelay.ini";
+// How often the main thread looks for drained configurations to free.
+constexpr long kReapIntervalMs = 500;
 
 void usage(FILE* f) {
   std::fprintf(f,
@@ -40,67 +33,20 @@ void usage(FILE* f) {
                "  --probe-io     say whether io_uring can be used here (exit 0) or not (exit 1)\n"
                "  --help         this text\n"
                "\n"
-               "Signals: SIGTERM/SIGINT drain in-flight streams and exit 0.\n"
+               "Signals: SIGHUP reloads the configuration (a bad one is logged and the\n"
+               "running one kept); SIGUSR1 reopens the access log; SIGTERM/SIGINT drain\n"
+               "in-flight streams and exit 0.\n"
                "Docs: docs/CONFIG.md (every key), docs/ARCHITECTURE.md.\n",
                kDefaultConfig);
 }
 
-// CPUs this process may run on, in order (workers are pinned one per CPU).
-std::vector<int> allowed_cpus() {
-  std::vector<int> cpus;
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) {
-    for (int i = 0; i < CPU_SETSIZE; ++i) {
-      if (CPU_ISSET(i, &set)) cpus.push_back(i);
-    }
-  }
-  if (cpus.empty()) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    for (int i = 0; i < (n > 0 ? n : 1); ++i)
-      cpus.push_back(i);
-  }
-  return cpus;
-}
-
-// Binds one listener with SO_REUSEPORT. With port 0, the first bind picks the
-// port and the others reuse it (<addr> is updated).
-int bind_listener(tr::SockAddr* addr, std::string* err) {
-  int fd = ::socket(addr->storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    *err = std::string("socket: ") + std::strerror(errno);
-    return -1;
-  }
-  int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-  if (::bind(fd, addr->sa(), addr->len) != 0) {
-    *err = "bind " + addr->text + ": " + std::strerror(errno);
-    ::close(fd);
-    return -1;
-  }
-  if (::listen(fd, 4096) != 0) {
-    *err = "listen " + addr->text + ": " + std::strerror(errno);
-    ::close(fd);
-    return -1;
-  }
-  sockaddr_storage ss;
-  socklen_t sl = sizeof ss;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &sl);
-  std::memcpy(&addr->storage, &ss, sl);
-  addr->len = sl;
-  return fd;
-}
-
-std::string addr_text(const tr::SockAddr& a) {
-  char host[INET6_ADDRSTRLEN] = "?";
-  if (a.storage.ss_family == AF_INET6) {
-    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_addr, host,
-              sizeof host);
-    return "[" + std::string(host) + "]:" + std::to_string(a.port());
-  }
-  inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_addr, host,
-            sizeof host);
-  return std::string(host) + ":" + std::to_string(a.port());
+// sd_notify's RELOADING=1 wants the monotonic time in microseconds.
+void notify_reloading() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+             static_cast<unsigned long long>(ts.tv_sec) * 1000000ull +
+                 static_cast<unsigned long long>(ts.tv_nsec / 1000));
 }
 
 }  // namespace
@@ -142,36 +88,16 @@ int main(int argc, char** argv) {
     }
   }
 
-  tr::Config cfg;
-  tr::config::Error cerr;
-  if (!tr::config::load_file(config_path, &cfg, &cerr)) {
-    std::fprintf(stderr, "%s\n", cerr.str().c_str());
+  tr::server::Loaded loaded;
+  std::string err;
+  if (!tr::server::load(config_path, &loaded, &err)) {
+    std::fprintf(stderr, "%s\n", err.c_str());
     return 1;
   }
-  // Files the config points at are part of it: a bad key file fails --check too.
-  std::unique_ptr<tr::auth::KeySet> keys;
-  if (!cfg.auth.api_keys_file.empty()) {
-    keys = std::make_unique<tr::auth::KeySet>();
-    std::string err;
-    std::string warning;
-    if (!tr::auth::KeySet::load(cfg.auth.api_keys_file, keys.get(), &err, &warning)) {
-      std::fprintf(stderr, "%s\n", err.c_str());
-      return 1;
-    }
-    if (!warning.empty()) TR_LOG_WARN("%s", warning.c_str());
-  }
   if (check_only) {
-    std::printf("%s: ok (%zu replicas%s)\n", config_path.c_str(), cfg.backends.size(),
-                keys ? ", API keys required" : "");
+    std::printf("%s: ok (%zu replicas%s)\n", config_path.c_str(), loaded.cfg.backends.size(),
+                loaded.keys ? ", API keys required" : "");
     return 0;
-  }
-  tr::accesslog::AccessLog access_log;
-  if (!cfg.log.access_log.empty()) {
-    std::string err;
-    if (!access_log.open(cfg.log.access_log, &err)) {
-      TR_LOG_ERROR("%s", err.c_str());
-      return 1;
-    }
   }
 
   // Signals are taken synchronously by this thread; workers inherit the mask.
@@ -184,110 +110,46 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  std::vector<int> cpus = allowed_cpus();
-  size_t nworkers = cfg.proxy.workers ? cfg.proxy.workers : cpus.size();
-  bool pin = cfg.proxy.workers == 0 || cfg.proxy.workers <= cpus.size();
-
-  tr::SockAddr listen_addr = cfg.proxy.listen;
-  std::vector<int> listen_fds;
-  for (size_t i = 0; i < nworkers; ++i) {
-    std::string err;
-    int fd = bind_listener(&listen_addr, &err);
-    if (fd < 0) {
-      TR_LOG_ERROR("%s", err.c_str());
-      return 1;
-    }
-    listen_fds.push_back(fd);
-  }
-
-  tr::scores::Table table(cfg.backends.size());
-  tr::poller::Poller poller(cfg, &table);
-  poller.poll_once();  // first requests already know which replicas are up
-
-  tr::proxy::Shared shared;
-  shared.cfg = &cfg;
-  shared.keys = keys.get();
-  shared.access_log = access_log.is_open() ? &access_log : nullptr;
-  shared.workers = static_cast<uint32_t>(nworkers);
-  shared.table = &table;
-  shared.models_json = [&poller] { return poller.models_json(); };
-
-  tr::io::LoopOptions lopt;
-  lopt.want = cfg.proxy.io == tr::IoMode::epoll      ? tr::io::LoopOptions::Want::epoll
-              : cfg.proxy.io == tr::IoMode::io_uring ? tr::io::LoopOptions::Want::io_uring
-                                                     : tr::io::LoopOptions::Want::automatic;
-  lopt.buf_bytes = cfg.proxy.recv_buffer_bytes;
-  lopt.buf_count = cfg.proxy.recv_buffers;
-
-  std::vector<std::unique_ptr<tr::proxy::Worker>> workers;
-  for (size_t i = 0; i < nworkers; ++i) {
-    tr::proxy::WorkerOptions wo;
-    wo.index = static_cast<uint32_t>(i);
-    wo.cpu = pin ? cpus[i % cpus.size()] : -1;
-    wo.listen_fd = listen_fds[i];
-    wo.loop = lopt;
-    auto w = std::make_unique<tr::proxy::Worker>(&shared, wo);
-    std::string err;
-    if (!w->start(&err)) {
-      TR_LOG_ERROR("worker %zu: cannot start its event loop: %s", i, err.c_str());
-      for (auto& other : workers)
-        other->request_drain();
-      return 1;
-    }
-    workers.push_back(std::move(w));
-  }
-  std::string io_desc = workers[0]->backend_description();
-  TR_LOG_INFO("I/O backend: %s", io_desc.c_str());
-
-  tr::admin::Sources sources;
-  sources.cfg = &cfg;
-  sources.table = &table;
-  for (auto& w : workers)
-    sources.workers.push_back(&w->stats());
-  sources.io_backend = io_desc.rfind("io_uring", 0) == 0 ? "io_uring" : "epoll";
-  tr::admin::AdminServer admin;
-  std::string aerr;
-  if (!admin.start(cfg.admin.listen, &sources, &aerr)) {
-    TR_LOG_ERROR("%s", aerr.c_str());
-    for (auto& w : workers)
-      w->request_drain();
+  tr::server::Server server(config_path);
+  if (!server.start(std::move(loaded), &err)) {
+    TR_LOG_ERROR("%s", err.c_str());
     return 1;
   }
-  poller.start();
-
+  const tr::Config& cfg = server.config();
+  TR_LOG_INFO("I/O backend: %s", server.io_description());
   tr::SockAddr admin_addr = cfg.admin.listen;
   TR_LOG_INFO("tokenrelay %s listening on %s (%zu workers%s), admin on %s:%u, %zu replicas",
-              TOKENRELAY_VERSION, addr_text(listen_addr).c_str(), nworkers, pin ? ", pinned" : "",
-              admin_addr.text.substr(0, admin_addr.text.rfind(':')).c_str(), admin.port(),
+              TOKENRELAY_VERSION, server.listen_text().c_str(), server.workers(),
+              server.pinned() ? ", pinned" : "",
+              admin_addr.text.substr(0, admin_addr.text.rfind(':')).c_str(), server.admin_port(),
               cfg.backends.size());
-  sd_notifyf(0, "READY=1\nSTATUS=serving on %s, %zu replicas", addr_text(listen_addr).c_str(),
+  sd_notifyf(0, "READY=1\nSTATUS=serving on %s, %zu replicas", server.listen_text().c_str(),
              cfg.backends.size());
 
+  const timespec reap_every{0, kReapIntervalMs * 1000000L};
   for (;;) {
-    int sig = 0;
-    if (sigwait(&sigs, &sig) != 0) continue;
+    int sig = sigtimedwait(&sigs, nullptr, &reap_every);
+    server.reap();
+    if (sig < 0) continue;  // timeout (EAGAIN) or EINTR
     if (sig == SIGTERM || sig == SIGINT) {
       TR_LOG_INFO("%s: draining (up to %u ms), then exiting", strsignal(sig),
-                  cfg.proxy.drain_timeout_ms);
+                  server.config().proxy.drain_timeout_ms);
       sd_notify(0, "STOPPING=1\nSTATUS=draining");
       break;
     }
     if (sig == SIGHUP) {
-      TR_LOG_WARN("SIGHUP: configuration reload is not supported yet; keeping the current one");
-    }
-    if (sig == SIGUSR1) {
-      if (access_log.is_open()) {
-        access_log.request_reopen();
-        TR_LOG_INFO("SIGUSR1: reopening the access log %s", cfg.log.access_log.c_str());
+      notify_reloading();
+      if (server.reload(&err)) {
+        sd_notifyf(0, "READY=1\nSTATUS=serving on %s, %zu replicas (reloaded)",
+                   server.listen_text().c_str(), server.config().backends.size());
+      } else {
+        TR_LOG_ERROR("SIGHUP: keeping the running configuration: %s", err.c_str());
+        sd_notify(0, "READY=1\nSTATUS=reload failed; serving the previous configuration");
       }
     }
+    if (sig == SIGUSR1) server.reopen_access_logs();
   }
-  for (auto& w : workers)
-    w->request_drain();
-  for (auto& w : workers)
-    w->join();
-  poller.stop();
-  admin.stop();
+  server.shutdown();
   TR_LOG_INFO("drained; exiting");
   return 0;
 }

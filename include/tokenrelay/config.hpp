@@ -42,12 +42,13 @@ struct BackendConfig {
 };
 
 struct ProxyConfig {
-  SockAddr listen;                     // [proxy] listen, default 0.0.0.0:8000
-  uint32_t workers = 0;                // [proxy] workers, 0 = auto (one per online CPU)
-  IoMode io = IoMode::automatic;       // [proxy] io
-  uint32_t drain_timeout_ms = 30000;   // [proxy] drain_timeout_ms
-  uint32_t recv_buffer_bytes = 16384;  // [proxy] recv_buffer_bytes (power of two)
-  uint32_t recv_buffers = 4096;        // [proxy] recv_buffers per worker (power of two)
+  SockAddr listen;                            // [proxy] listen, default 0.0.0.0:8000
+  uint32_t workers = 0;                       // [proxy] workers, 0 = auto (one per online CPU)
+  IoMode io = IoMode::automatic;              // [proxy] io
+  uint32_t drain_timeout_ms = 30000;          // [proxy] drain_timeout_ms
+  uint32_t reload_drain_timeout_ms = 600000;  // [proxy] reload_drain_timeout_ms
+  uint32_t recv_buffer_bytes = 16384;         // [proxy] recv_buffer_bytes (power of two)
+  uint32_t recv_buffers = 4096;               // [proxy] recv_buffers per worker (power of two)
 };
 
 struct AdminConfig {

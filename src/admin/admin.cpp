@@ -91,20 +91,38 @@ std::string render_metrics(const Sources& src) {
   out.reserve(16384);
   const auto& backends = src.cfg->backends;
   const size_t nb = backends.size();
+  // Per worker, its counters of each current replica (by name; nullptr when
+  // that worker's configuration did not have it); index nb = no backend.
+  std::vector<std::vector<const proxy::BackendStats*>> per(src.workers.size());
+  for (size_t w = 0; w < src.workers.size(); ++w) {
+    per[w].resize(nb + 1);
+    for (size_t b = 0; b < nb; ++b)
+      per[w][b] = src.workers[w]->find(backends[b].name);
+    per[w][nb] = &src.workers[w]->none();
+  }
+  auto backend_sum = [&](size_t b, auto get) {
+    uint64_t v = 0;
+    for (size_t w = 0; w < per.size(); ++w) {
+      if (per[w][b]) v += get(*per[w][b]);
+    }
+    return v;
+  };
 
   family(&out, "tokenrelay_build_info", "gauge", "Build and runtime facts.");
   appendf(&out, "tokenrelay_build_info{io=\"%s\",version=\"%s\",workers=\"%zu\"} 1\n",
-          src.io_backend.c_str(), TOKENRELAY_VERSION, src.workers.size());
+          src.io_backend.c_str(), TOKENRELAY_VERSION, src.worker_threads);
+  family(&out, "tokenrelay_config_generation", "gauge",
+         "Configuration generation serving new connections: 1 at start, +1 per successful reload.");
+  appendf(&out, "tokenrelay_config_generation %llu\n",
+          static_cast<unsigned long long>(src.generation));
 
   family(&out, "tokenrelay_requests_total", "counter",
          "Requests answered, by replica (empty: answered by the proxy) and status code.");
   for (size_t b = 0; b <= nb; ++b) {
     std::string name = b < nb ? label(backends[b].name) : std::string();
     for (size_t slot = 0; slot < proxy::kCodeSlots; ++slot) {
-      uint64_t v = 0;
-      for (const proxy::WorkerStats* w : src.workers) {
-        v += (b < nb ? w->backend(b) : w->none()).requests[slot].get();
-      }
+      uint64_t v =
+          backend_sum(b, [slot](const proxy::BackendStats& s) { return s.requests[slot].get(); });
       if (v == 0 && !(slot == 0 && b < nb)) continue;
       appendf(&out, "tokenrelay_requests_total{backend=\"%s\",code=\"%s\"} %llu\n", name.c_str(),
               code_label(slot).c_str(), static_cast<unsigned long long>(v));
@@ -129,9 +147,8 @@ std::string render_metrics(const Sources& src) {
   family(&out, "tokenrelay_route_decisions_total", "counter",
          "Routing decisions, by the replica ranked first and the policy.");
   for (size_t b = 0; b < nb; ++b) {
-    uint64_t v = 0;
-    for (const proxy::WorkerStats* w : src.workers)
-      v += w->backend(b).route_decisions.get();
+    uint64_t v =
+        backend_sum(b, [](const proxy::BackendStats& s) { return s.route_decisions.get(); });
     appendf(&out, "tokenrelay_route_decisions_total{backend=\"%s\",policy=\"%s\"} %llu\n",
             label(backends[b].name).c_str(), label(src.cfg->routing.policy).c_str(),
             static_cast<unsigned long long>(v));
@@ -177,9 +194,7 @@ std::string render_metrics(const Sources& src) {
   family(&out, "tokenrelay_upstream_retries_total", "counter",
          "Attempts moved to another replica or connection before any response byte.");
   for (size_t b = 0; b < nb; ++b) {
-    uint64_t v = 0;
-    for (const proxy::WorkerStats* w : src.workers)
-      v += w->backend(b).retries.get();
+    uint64_t v = backend_sum(b, [](const proxy::BackendStats& s) { return s.retries.get(); });
     appendf(&out, "tokenrelay_upstream_retries_total{backend=\"%s\"} %llu\n",
             label(backends[b].name).c_str(), static_cast<unsigned long long>(v));
   }
@@ -294,7 +309,7 @@ std::string render_status(const Sources& src) {
   appendf(&out,
           "\",\"workers\":%zu,\"reference_request\":{\"prompt_tokens\":%u,"
           "\"output_tokens\":%u},\"replicas\":[",
-          src.workers.size(), ref.prompt_tokens, ref.output_tokens);
+          src.worker_threads, ref.prompt_tokens, ref.output_tokens);
   for (size_t i = 0; i < backends.size(); ++i) {
     const scores::ReplicaSlot& slot = src.table->at(i);
     scores::ScrapedState st = slot.scraped.load();
@@ -350,8 +365,19 @@ AdminServer::~AdminServer() {
   stop();
 }
 
-bool AdminServer::start(const SockAddr& addr, const Sources* src, std::string* err) {
-  src_ = src;
+void AdminServer::publish(std::shared_ptr<const Sources> src) {
+  std::lock_guard<std::mutex> lock(mu_);
+  src_ = std::move(src);
+}
+
+std::shared_ptr<const Sources> AdminServer::current() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return src_;
+}
+
+bool AdminServer::start(const SockAddr& addr, std::shared_ptr<const Sources> src,
+                        std::string* err) {
+  publish(std::move(src));
   listen_fd_ = ::socket(addr.storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (listen_fd_ < 0) {
     *err = std::string("admin socket: ") + std::strerror(errno);
@@ -425,17 +451,18 @@ void AdminServer::serve_one(int fd) {
   int status = 200;
   std::string body;
   const char* ctype = "text/plain; charset=utf-8";
+  std::shared_ptr<const Sources> src = current();
   if (method != "GET" && method != "HEAD") {
     status = 405;
     body = "method not allowed\n";
   } else if (path == "/metrics") {
-    body = render_metrics(*src_);
+    body = render_metrics(*src);
     ctype = "text/plain; version=0.0.4; charset=utf-8";
   } else if (path == "/status") {
-    body = render_status(*src_);
+    body = render_status(*src);
     ctype = "application/json";
   } else if (path == "/health") {
-    bool up = src_->table->any_up();
+    bool up = src->table->any_up();
     status = up ? 200 : 503;
     body = up ? "ok\n" : "no replica is up\n";
   } else {

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <atomic>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -14,11 +16,21 @@
 
 namespace tr::admin {
 
+// What the admin endpoint reads. A reload publishes a new Sources; the one a
+// request started with stays valid until it is done (<owners> keeps alive what
+// the pointers point to).
 struct Sources {
-  const Config* cfg = nullptr;
-  const scores::Table* table = nullptr;
+  const Config* cfg = nullptr;           // the current configuration
+  const scores::Table* table = nullptr;  // ... and its replica table
+  // Every worker's counters: the current configuration's workers, those of
+  // older configurations still draining after a reload, and the totals of
+  // workers that have exited. Per-backend counters are added up by replica
+  // name (WorkerStats::find), for the replicas of the current configuration.
   std::vector<const proxy::WorkerStats*> workers;
-  std::string io_backend;  // "io_uring" or "epoll", for tokenrelay_build_info
+  size_t worker_threads = 0;  // the current configuration's workers
+  uint64_t generation = 1;    // 1 at start, +1 per successful reload
+  std::string io_backend;     // "io_uring" or "epoll", for tokenrelay_build_info
+  std::vector<std::shared_ptr<const void>> owners;
 };
 
 // Renders every tokenrelay_* family. Pure: reads counters, writes text.
@@ -35,8 +47,11 @@ class AdminServer {
   AdminServer(const AdminServer&) = delete;
   AdminServer& operator=(const AdminServer&) = delete;
 
-  // Binds <addr> and starts the thread. <src> must outlive the server.
-  bool start(const SockAddr& addr, const Sources* src, std::string* err);
+  // Binds <addr> and starts the thread serving <src>.
+  bool start(const SockAddr& addr, std::shared_ptr<const Sources> src, std::string* err);
+  // Any thread: requests from now on read <src>. A request in progress keeps
+  // its Sources (and so its owners) until it is answered.
+  void publish(std::shared_ptr<const Sources> src);
   // The port actually bound (useful with port 0).
   uint16_t port() const { return port_; }
   void stop();
@@ -45,7 +60,10 @@ class AdminServer {
   void run();
   void serve_one(int fd);
 
-  const Sources* src_ = nullptr;
+  std::shared_ptr<const Sources> current() const;
+
+  mutable std::mutex mu_;
+  std::shared_ptr<const Sources> src_;  // guarded by mu_
   int listen_fd_ = -1;
   int stop_fd_ = -1;
   uint16_t port_ = 0;

@@ -76,8 +76,9 @@ bool ClientConn::idle_between_requests() const {
   return state_ == State::kReading && !req_.in_message() && out_.empty() && pending_.empty();
 }
 
-void ClientConn::drain() {
+void ClientConn::drain(bool close_idle) {
   draining_ = true;
+  if (!close_idle) return;  // answers with Connection: close; keep-alive timer closes idle
   if (idle_between_requests()) {
     close_now();
   } else {

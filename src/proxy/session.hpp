@@ -45,8 +45,10 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   ClientConn(Worker* w, int fd);
   ~ClientConn();
   void start();
-  // Drain: close now if between requests, else after the current response.
-  void drain();
+  // Drain: close after the current response (Connection: close). Between
+  // requests: close now when <close_idle>, else at the next response or the
+  // keep-alive timeout.
+  void drain(bool close_idle);
   bool idle_between_requests() const;
   // Drain deadline passed: close whatever state the exchange is in.
   void force_close() { close_now(); }

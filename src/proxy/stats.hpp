@@ -8,6 +8,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
 
 namespace tr::proxy {
 
@@ -90,16 +94,39 @@ struct Histogram {
   static constexpr size_t size() { return N; }
 };
 
+// Per-backend counters are indexed like the worker's configuration
+// (cfg.backends); names() says which replica each index is, so the admin
+// thread can add up workers of different configurations (a reload keeps the
+// old workers draining next to the new ones) by replica name.
 class WorkerStats {
  public:
-  explicit WorkerStats(size_t backends)
-      : n_(backends), per_backend_(std::make_unique<BackendStats[]>(backends + 1)) {}
-  size_t backends() const { return n_; }
-  // Index n_ is "no backend" (answered by the proxy itself).
+  explicit WorkerStats(std::vector<std::string> names)
+      : names_(std::move(names)),
+        per_backend_(std::make_unique<BackendStats[]>(names_.size() + 1)) {
+    for (size_t i = 0; i < names_.size(); ++i)
+      index_.emplace(names_[i], i);
+  }
+  WorkerStats(const WorkerStats&) = delete;
+  WorkerStats& operator=(const WorkerStats&) = delete;
+
+  size_t backends() const { return names_.size(); }
+  const std::vector<std::string>& names() const { return names_; }
+  // Index backends() is "no backend" (answered by the proxy itself).
   BackendStats& backend(size_t i) { return per_backend_[i]; }
   const BackendStats& backend(size_t i) const { return per_backend_[i]; }
-  BackendStats& none() { return per_backend_[n_]; }
-  const BackendStats& none() const { return per_backend_[n_]; }
+  BackendStats& none() { return per_backend_[names_.size()]; }
+  const BackendStats& none() const { return per_backend_[names_.size()]; }
+  // The counters of the replica called <name>, or nullptr. Immutable map: safe
+  // from any thread.
+  const BackendStats* find(std::string_view name) const {
+    auto it = index_.find(std::string(name));
+    return it == index_.end() ? nullptr : &per_backend_[it->second];
+  }
+
+  // Adds every counter of <other> (a worker that has stopped) to this one,
+  // per-backend counters by replica name (names this object does not have are
+  // dropped). Gauges are not added. Single writer: the caller owns this object.
+  void absorb(const WorkerStats& other);
 
   Counter ttft_buckets[kTtftBucketCount + 1];  // last = +Inf
   Counter ttft_count;
@@ -133,8 +160,51 @@ class WorkerStats {
   }
 
  private:
-  size_t n_;
+  std::vector<std::string> names_;
+  std::unordered_map<std::string, size_t> index_;
   std::unique_ptr<BackendStats[]> per_backend_;
 };
+
+inline void add_backend(BackendStats* to, const BackendStats& from) {
+  for (size_t i = 0; i < kCodeSlots; ++i)
+    to->requests[i].add(from.requests[i].get());
+  to->retries.add(from.retries.get());
+  to->route_decisions.add(from.route_decisions.get());
+}
+
+template <size_t N>
+void add_histogram(Histogram<N>* to, const Histogram<N>& from) {
+  for (size_t i = 0; i <= N; ++i)
+    to->buckets[i].add(from.buckets[i].get());
+  to->count.add(from.count.get());
+  to->sum.store(to->sum.load(std::memory_order_relaxed) + from.sum.load(std::memory_order_relaxed),
+                std::memory_order_relaxed);
+}
+
+inline void WorkerStats::absorb(const WorkerStats& o) {
+  for (size_t i = 0; i < o.backends(); ++i) {
+    auto it = index_.find(o.names_[i]);
+    if (it != index_.end()) add_backend(&per_backend_[it->second], o.backend(i));
+  }
+  add_backend(&none(), o.none());
+  for (size_t i = 0; i <= kTtftBucketCount; ++i)
+    ttft_buckets[i].add(o.ttft_buckets[i].get());
+  ttft_count.add(o.ttft_count.get());
+  ttft_sum_us.add(o.ttft_sum_us.get());
+  stream_events.add(o.stream_events.get());
+  json_malformed.add(o.json_malformed.get());
+  auth_failures.add(o.auth_failures.get());
+  connections_accepted.add(o.connections_accepted.get());
+  connections_rejected.add(o.connections_rejected.get());
+  queue_admitted.add(o.queue_admitted.get());
+  queue_rejected.add(o.queue_rejected.get());
+  for (size_t i = 0; i < static_cast<size_t>(Failure::count_); ++i)
+    failures[i].add(o.failures[i].get());
+  upstream_connects.add(o.upstream_connects.get());
+  upstream_bytes_in.add(o.upstream_bytes_in.get());
+  upstream_reuses.add(o.upstream_reuses.get());
+  add_histogram(&route_decision, o.route_decision);
+  add_histogram(&ttft_error, o.ttft_error);
+}
 
 }  // namespace tr::proxy

@@ -20,6 +20,14 @@ namespace tr::proxy {
 
 namespace {
 enum : uintptr_t { kDrainTimer = 1, kQueueTimer = 2 };
+
+std::vector<std::string> backend_names(const Config& cfg) {
+  std::vector<std::string> names;
+  names.reserve(cfg.backends.size());
+  for (const BackendConfig& b : cfg.backends)
+    names.push_back(b.name);
+  return names;
+}
 constexpr int64_t kQueuePumpMs = 10;  // capacity freed on other workers is seen this fast
 
 uint64_t xoroshiro_next(uint64_t s[2]) {
@@ -113,7 +121,7 @@ void TableSource::view(size_t i, routing::ReplicaView* v) const {
 Worker::Worker(Shared* shared, const WorkerOptions& opt)
     : shared_(shared),
       opt_(opt),
-      stats_(shared->cfg->backends.size()),
+      stats_(backend_names(*shared->cfg)),
       replicas_(shared->cfg, shared->table) {
   const LimitsConfig& l = shared->cfg->limits;
   parse_limits_.request_line_bytes = l.request_line_bytes;
@@ -168,7 +176,12 @@ void Worker::join() {
   if (thread_.joinable()) thread_.join();
 }
 
-void Worker::request_drain() {
+void Worker::request_drain(DrainMode mode, uint32_t timeout_ms) {
+  int64_t deadline = mono_ms() + timeout_ms;
+  int64_t cur = drain_deadline_ms_.load(std::memory_order_relaxed);
+  while (deadline < cur && !drain_deadline_ms_.compare_exchange_weak(cur, deadline)) {
+  }
+  if (mode == DrainMode::shutdown) drain_hard_.store(true, std::memory_order_relaxed);
   drain_requested_.store(true, std::memory_order_release);
   if (loop_) loop_->wake();
 }
@@ -194,6 +207,7 @@ void Worker::thread_main() {
   loop_ = io::make_loop(opt_.loop, why, sizeof why);
   if (!loop_) {
     start_error_ = why;
+    finished_.store(true, std::memory_order_release);
     started_.store(-1, std::memory_order_release);
     return;
   }
@@ -215,6 +229,7 @@ void Worker::thread_main() {
   if (drain_requested_.load(std::memory_order_acquire)) begin_drain();
   loop_->run();
   // Loop stopped: every connection is closed (drain finished or timed out).
+  finished_.store(true, std::memory_order_release);
 }
 
 void Worker::new_request_id(std::string* out) {
@@ -230,7 +245,7 @@ void Worker::new_request_id(std::string* out) {
 
 void Worker::on_accept(io::Socket* listener, int fd) {
   (void)listener;
-  if (drain_started_ || clients_.size() >= cfg().limits.connections_per_worker) {
+  if (clients_.size() >= cfg().limits.connections_per_worker) {
     stats_.connections_rejected.add();
     ::close(fd);
     return;
@@ -241,6 +256,8 @@ void Worker::on_accept(io::Socket* listener, int fd) {
   clients_.push_back(c);
   stats_.connections_open.store(static_cast<int64_t>(clients_.size()), std::memory_order_relaxed);
   c->start();
+  // Accepted while the listener was being closed: served once, then closed.
+  if (drain_started_) c->drain(false);
 }
 
 void Worker::on_client_closed(ClientConn* c) {
@@ -379,18 +396,37 @@ void Worker::on_closed(io::Socket* s) {
 }
 
 void Worker::begin_drain() {
-  if (drain_started_) return;
-  drain_started_ = true;
-  if (listener_open_) loop_->close(&listener_);
-  loop_->timers().arm(&drain_timer_, mono_ms(), cfg().proxy.drain_timeout_ms);
-  // Idle pooled connections go now; clients finish their current exchange.
-  for (auto& pool : idle_) {
-    while (!pool.empty())
-      pool.back()->close_now();
+  bool hard = drain_hard_.load(std::memory_order_relaxed);
+  int64_t deadline = drain_deadline_ms_.load(std::memory_order_relaxed);
+  if (drain_started_ && (!hard || drain_hard_applied_) && deadline >= drain_deadline_applied_) {
+    return;  // nothing new
   }
+  if (!drain_started_) {
+    drain_started_ = true;
+    // Stops accepting. The listening socket stays open (this was this worker's
+    // dup of it): connections the kernel queued meanwhile wait for the next
+    // configuration's worker instead of being reset.
+    if (listener_open_) loop_->close(&listener_);
+    // Idle pooled connections go now; exchanges in flight do not reuse theirs.
+    for (auto& pool : idle_) {
+      while (!pool.empty())
+        pool.back()->close_now();
+    }
+  }
+  if (deadline < drain_deadline_applied_) {
+    drain_deadline_applied_ = deadline;
+    int64_t now = mono_ms();
+    loop_->timers().arm(&drain_timer_, now,
+                        static_cast<uint32_t>(std::max<int64_t>(0, deadline - now)));
+  }
+  // Every client finishes its current exchange, then closes. A reload leaves
+  // idle keep-alive connections open until their next request (answered with
+  // Connection: close) or their keep-alive timeout, so a request already on
+  // its way is never met by a close; shutdown closes them now.
+  if (hard) drain_hard_applied_ = true;
   std::vector<ClientConn*> snapshot = clients_;
   for (ClientConn* c : snapshot)
-    c->drain();
+    c->drain(hard);
   maybe_finish_drain();
 }
 

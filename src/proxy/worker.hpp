@@ -78,6 +78,14 @@ struct Shared {
   std::function<std::shared_ptr<const std::string>()> models_json;
 };
 
+// How a worker stops. Both stop accepting at once and let exchanges in flight
+// finish (bounded by a deadline, after which connections are cut).
+enum class DrainMode : uint8_t {
+  reload,    // a new configuration took over: idle keep-alive clients are kept
+             // until their next request (answered, Connection: close) or timeout
+  shutdown,  // the process exits: idle keep-alive clients are closed now
+};
+
 struct WorkerOptions {
   uint32_t index = 0;
   int cpu = -1;          // pin to this CPU; -1 = no pinning
@@ -95,9 +103,12 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   // Starts the thread and waits until its loop exists. Returns false (with
   // <err>) when the loop cannot be created (e.g. io = io_uring on a kernel without it).
   bool start(std::string* err);
-  // Thread-safe: stop accepting, finish in-flight exchanges (bounded by
-  // [proxy] drain_timeout_ms), then exit the thread.
-  void request_drain();
+  // Thread-safe: stop accepting, finish in-flight exchanges (cut after
+  // <timeout_ms>), then exit the thread. May be called again: a shutdown after
+  // a reload drain closes idle clients, and the earliest deadline wins.
+  void request_drain(DrainMode mode, uint32_t timeout_ms);
+  // True once the thread has exited (every connection closed); join() is then immediate.
+  bool finished() const { return finished_.load(std::memory_order_acquire); }
   void join();
 
   const WorkerStats& stats() const { return stats_; }
@@ -165,7 +176,12 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   std::string start_error_;
   std::atomic<int> started_{0};  // 0 pending, 1 ok, -1 failed
   std::atomic<bool> drain_requested_{false};
+  std::atomic<bool> drain_hard_{false};
+  std::atomic<int64_t> drain_deadline_ms_{INT64_MAX};
+  std::atomic<bool> finished_{false};
   bool drain_started_ = false;
+  bool drain_hard_applied_ = false;
+  int64_t drain_deadline_applied_ = INT64_MAX;
   io::Socket listener_;
   bool listener_open_ = false;
   io::Timer drain_timer_;

@@ -159,6 +159,7 @@ TEST_CASE("defaults match include/tokenrelay/config.hpp", "[config]") {
   CHECK(c.proxy.workers == d.proxy.workers);
   CHECK(c.proxy.io == d.proxy.io);
   CHECK(c.proxy.drain_timeout_ms == d.proxy.drain_timeout_ms);
+  CHECK(c.proxy.reload_drain_timeout_ms == 600000);
   CHECK(c.proxy.recv_buffer_bytes == d.proxy.recv_buffer_bytes);
   CHECK(c.proxy.recv_buffers == d.proxy.recv_buffers);
   CHECK(c.poller.interval_ms == d.poller.interval_ms);
@@ -642,6 +643,7 @@ TEST_CASE("reference_markdown mentions every key", "[config]") {
       {"[proxy]", "workers"},
       {"[proxy]", "io"},
       {"[proxy]", "drain_timeout_ms"},
+      {"[proxy]", "reload_drain_timeout_ms"},
       {"[proxy]", "recv_buffer_bytes"},
       {"[proxy]", "recv_buffers"},
       {"[admin]", "listen"},

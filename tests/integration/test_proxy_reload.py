@@ -1,0 +1,255 @@
+"""SIGHUP reload through the real binary: under load with a long stream open
+(zero failed requests, the stream completes on the replica it started on, even
+after that replica left the configuration), replicas added and removed, a
+changed policy and auth applied to new requests only, idle keep-alive clients
+answered once more with Connection: close, counters that survive the swap, and
+bad configurations (syntax, missing key file) that keep the running one.
+Runs under $TOKENRELAY_IO."""
+
+import os
+import re
+import signal
+import socket
+import threading
+import time
+
+from proxytools import start_proxy, run_checks, make_config
+from simtools import (start_sim, stream_chat, http_request, sim_stats, metrics, metric_value,
+                      wait_until, build_request, parse_response)
+
+
+def rewrite(px, text):
+    """Replaces the proxy's config file atomically (as an editor or CM tool would)."""
+    tmp = px.cfg_path + ".new"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, px.cfg_path)
+
+
+def generation(px):
+    return metric_value(px.metrics(), "tokenrelay_config_generation")
+
+
+def reload_and_wait(px, expect_generation):
+    px.signal(signal.SIGHUP)
+    wait_until(lambda: generation(px) == expect_generation, timeout=10)
+
+
+def requests_total(px, **labels):
+    return metric_value(px.metrics(), "tokenrelay_requests_total", **labels)
+
+
+def read_response(s, buf=b""):
+    """Reads one whole response from socket <s>; returns it (None if the peer
+    closed first)."""
+    while True:
+        try:
+            r = parse_response(buf)
+            if r.complete:
+                return r
+        except ValueError:
+            pass  # head or a chunk-size line not complete yet
+        b = s.recv(65536)
+        if not b:
+            return None
+        buf += b
+
+
+class Load:
+    """Client threads sending short streamed chats as fast as they are answered,
+    half on fresh connections, half on one keep-alive connection each (a
+    keep-alive client reconnects only when the proxy says Connection: close).
+    Every request is counted with its outcome."""
+
+    def __init__(self, port, fresh=2, keepalive=2):
+        self.port = port
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failed = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.fresh_loop) for _ in range(fresh)]
+        self.threads += [threading.Thread(target=self.keepalive_loop) for _ in range(keepalive)]
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def record(self, good, what):
+        with self.lock:
+            if good:
+                self.ok += 1
+            else:
+                self.failed.append(what)
+
+    def fresh_loop(self):
+        while not self.stop.is_set():
+            try:
+                r = stream_chat(self.port, max_tokens=4, timeout=30)
+                good = r.status == 200 and r.complete and r.events[-1] == "[DONE]"
+                self.record(good, r.wire[-300:])
+            except Exception as e:  # noqa: BLE001 - any failure counts
+                self.record(False, repr(e))
+
+    def keepalive_loop(self):
+        s = None
+        while not self.stop.is_set():
+            try:
+                if s is None:
+                    s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+                req = build_request("POST", "/v1/chat/completions",
+                                    {"model": "sim-model", "max_tokens": 4, "stream": True,
+                                     "ignore_eos": True,
+                                     "messages": [{"role": "user", "content": "hi"}]},
+                                    close=False)
+                s.sendall(req)
+                r = read_response(s)
+                good = r is not None and r.status == 200 and b"data: [DONE]" in r.body
+                self.record(good, "keep-alive: %r" % (r.body[-300:] if r else "closed"))
+                if not good or r.headers.get("connection", "").lower() == "close":
+                    s.close()
+                    s = None
+            except Exception as e:  # noqa: BLE001
+                self.record(False, repr(e))
+                if s:
+                    s.close()
+                s = None
+        if s:
+            s.close()
+
+
+def check_reload_under_load():
+    a = start_sim("--speed", "1")  # 8 ms steps
+    b = start_sim("--speed", "1")
+    base = dict(workers=2, drain_timeout_ms=10000)
+    with start_proxy([("a", a.url)], **base) as px:
+        # A long stream on a, open across two reloads (about 4 s of tokens).
+        long_result = []
+        long_thread = threading.Thread(target=lambda: long_result.append(
+            stream_chat(px.port, max_tokens=500, timeout=60)))
+        long_thread.start()
+        wait_until(lambda: sim_stats(a.port)["running"] >= 1)
+        with Load(px.port) as load:
+            wait_until(lambda: load.ok >= 20, timeout=10)
+            # 1: add b, switch to round robin.
+            rewrite(px, make_config([("a", a.url), ("b", b.url)], **base,
+                                    extra="[routing]\npolicy = round_robin\n"))
+            reload_and_wait(px, 2)
+            wait_until(lambda: sim_stats(b.port)["requests_received"] >= 10, timeout=10)
+            ok_before = load.ok
+            # 2: remove a while its long stream is still running.
+            assert sim_stats(a.port)["running"] >= 1
+            rewrite(px, make_config([("b", b.url)], **base))
+            reload_and_wait(px, 3)
+            a_seen = sim_stats(a.port)["requests_received"]
+            wait_until(lambda: load.ok >= ok_before + 30, timeout=15)
+        long_thread.join(60)
+        assert not load.failed, (len(load.failed), load.failed[:3])
+        # The long stream finished on a, complete, although a left the config.
+        r = long_result[0]
+        assert r.status == 200 and r.complete and r.events[-1] == "[DONE]", r.wire[-300:]
+        assert r.usage()["completion_tokens"] == 500
+        # Nothing new went to a after the second reload (in-flight ones finish).
+        assert sim_stats(a.port)["requests_received"] <= a_seen + 4
+        # Every response counted once; b's counter spans generations 2 and 3.
+        wait_until(lambda: "configuration 1 drained" in px.log(), timeout=15)
+        wait_until(lambda: "configuration 2 drained" in px.log(), timeout=15)
+        assert requests_total(px, backend="b") == sim_stats(b.port)["requests_completed"]
+        # a's series is gone (it left the configuration); the rest adds up.
+        served = load.ok + 1
+        total = requests_total(px)
+        assert total == served - sim_stats(a.port)["requests_completed"], (total, served)
+        log = px.log()
+        assert "reload: configuration 3 serving" in log, log
+    a.stop()
+    b.stop()
+
+
+def check_keepalive_client_answered_then_closed():
+    sim = start_sim("--speed", "50")
+    with start_proxy([sim]) as px:
+        s = socket.create_connection(("127.0.0.1", px.port), timeout=10)
+        req = build_request("GET", "/v1/models", close=False)
+
+        def one():
+            s.sendall(req)
+            r = read_response(s)
+            assert r is not None, "closed before answering"
+            return r
+        r = one()
+        assert r.status == 200 and r.headers.get("connection", "").lower() != "close"
+        rewrite(px, open(px.cfg_path).read())
+        reload_and_wait(px, 2)
+        time.sleep(0.2)
+        # The idle connection of the old configuration was not closed under us:
+        # its next request is answered, with Connection: close.
+        r = one()
+        assert r.status == 200, r.status
+        assert r.headers.get("connection", "").lower() == "close", r.headers
+        s.settimeout(5)
+        assert s.recv(1) == b""
+        s.close()
+        wait_until(lambda: "configuration 1 drained" in px.log(), timeout=10)
+    sim.stop()
+
+
+def check_bad_config_keeps_running_one():
+    sim = start_sim("--speed", "50")
+    with start_proxy([sim]) as px:
+        good = open(px.cfg_path).read()
+        # A syntax error on a known line.
+        lines = good.splitlines()
+        lines.insert(3, "bogus_key = 1")
+        rewrite(px, "\n".join(lines) + "\n")
+        px.signal(signal.SIGHUP)
+        pat = re.compile(r"SIGHUP: keeping the running configuration: %s:4: .*bogus_key"
+                         % re.escape(px.cfg_path))
+        wait_until(lambda: pat.search(px.log()), timeout=10)
+        assert generation(px) == 1
+        assert stream_chat(px.port, max_tokens=3).status == 200
+        # A key file that does not exist: refused too, with its path.
+        rewrite(px, good + "\n[auth]\napi_keys_file = /nonexistent/keys\n")
+        px.signal(signal.SIGHUP)
+        wait_until(lambda: "/nonexistent/keys" in px.log(), timeout=10)
+        assert generation(px) == 1
+        assert stream_chat(px.port, max_tokens=3).status == 200
+        # Fixed: the next SIGHUP applies it.
+        rewrite(px, good)
+        reload_and_wait(px, 2)
+        assert stream_chat(px.port, max_tokens=3).status == 200
+    sim.stop()
+
+
+def check_reload_applies_auth_and_keeps_restart_only_keys():
+    sim = start_sim("--speed", "50")
+    with start_proxy([sim]) as px:
+        d = os.path.dirname(px.cfg_path)
+        keys = os.path.join(d, "keys")
+        with open(keys, "w") as f:
+            f.write("sk-reload-test\n")
+        text = open(px.cfg_path).read()
+        # [proxy] listen changes (needs a restart): warned, the old port stays.
+        text = text.replace("listen = 127.0.0.1:0", "listen = 127.0.0.1:1", 1)
+        rewrite(px, text + "\n[auth]\napi_keys_file = %s\n" % keys)
+        reload_and_wait(px, 2)
+        assert "[proxy] listen changed; it needs a restart" in px.log()
+        st, _, _ = http_request(px.port, "GET", "/v1/models")
+        assert st == 401, st
+        st, _, _ = http_request(px.port, "GET", "/v1/models",
+                                headers={"Authorization": "Bearer sk-reload-test"})
+        assert st == 200, st
+    sim.stop()
+
+
+if __name__ == "__main__":
+    run_checks([
+        ("SIGHUP under load, long stream across reloads", check_reload_under_load),
+        ("idle keep-alive client: answered, then closed", check_keepalive_client_answered_then_closed),
+        ("bad config on SIGHUP keeps the running one", check_bad_config_keeps_running_one),
+        ("reload applies auth, keeps restart-only keys", check_reload_applies_auth_and_keeps_restart_only_keys),
+    ])
