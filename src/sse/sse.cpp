@@ -343,17 +343,4 @@ void append_json_string(std::string* out, std::string_view text) {
   out->push_back('"');
 }
 
-std::string sse_error_event(std::string_view message, std::string_view type, int code) {
-  std::string out;
-  out.reserve(80 + message.size() + type.size());
-  out.append("data: {\"error\":{\"message\":");
-  append_json_string(&out, message);
-  out.append(",\"type\":");
-  append_json_string(&out, type);
-  out.append(",\"param\":null,\"code\":");
-  out.append(std::to_string(code));
-  out.append("}}\n\n");
-  return out;
-}
-
 }  // namespace tr

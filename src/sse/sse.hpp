@@ -123,12 +123,6 @@ class SseScanner {
   uint64_t bytes_ = 0;
 };
 
-// The SSE event the proxy sends when a replica fails mid-stream, in the shape
-// OpenAI clients parse:
-//   data: {"error":{"message":"...","type":"...","param":null,"code":502}}\n\n
-// <message> and <type> are JSON-escaped; invalid UTF-8 becomes U+FFFD.
-std::string sse_error_event(std::string_view message, std::string_view type, int code);
-
 // Appends <text> to *out as a quoted JSON string (escapes '"', '\\' and
 // control characters; replaces invalid UTF-8 with U+FFFD).
 void append_json_string(std::string* out, std::string_view text);

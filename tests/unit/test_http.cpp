@@ -719,6 +719,11 @@ TEST_CASE("error response has the OpenAI shape and escapes", "[http]") {
   tr::http::build_error_event({502, "m", "server_error", "c"}, &ev);
   CHECK(ev.rfind("data: {\"error\":", 0) == 0);
   CHECK(ev.substr(ev.size() - 2) == "\n\n");
+  // One data line and a blank line, whatever the message holds.
+  ev.clear();
+  tr::http::build_error_event({500, "line1\n\nline2\r\r", "x", "c"}, &ev);
+  CHECK(ev.find('\n') == ev.size() - 2);
+  CHECK(ev.find('\r') == std::string::npos);
   CHECK(tr::http::token_list_has("keep-alive, Upgrade", "upgrade"));
   CHECK_FALSE(tr::http::token_list_has("keep-alive", "alive"));
 }
