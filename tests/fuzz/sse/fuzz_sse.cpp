@@ -10,8 +10,8 @@
 //    stream first (reuse on a keep-alive connection);
 //  - totals agree with the events: data_events counts data events that are
 //    not [DONE], error_events those flagged error, bytes() the bytes fed;
-//  - the proxy's own error event, sse_error_event() with the input as the
-//    message, is valid UTF-8 without raw control bytes inside the JSON, and
+//  - the proxy's own error event, http::build_error_event() with the input as
+//    the message, is valid UTF-8 without raw control bytes inside the JSON, and
 //    the scanner reads it back as exactly one inspected error event.
 #include <cstddef>
 #include <cstdint>
@@ -19,6 +19,7 @@
 #include <string_view>
 
 #include "../common.hpp"
+#include "http/rewrite.hpp"
 #include "sse/sse.hpp"
 
 namespace {
@@ -102,7 +103,8 @@ bool valid_utf8(std::string_view s) {
 }
 
 void check_error_event(std::string_view message) {
-  std::string ev = tr::sse_error_event(message, "server_error", 502);
+  std::string ev;
+  tr::http::build_error_event({502, message, "server_error", "upstream_reset"}, &ev);
   static constexpr std::string_view kStart = "data: {\"error\":{\"message\":\"";
   FUZZ_CHECK(ev.size() >= kStart.size() + 3);
   FUZZ_CHECK(std::string_view(ev).substr(0, kStart.size()) == kStart);
