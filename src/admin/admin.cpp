@@ -11,6 +11,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "core/assert.hpp"
 #include "core/clock.hpp"
 #include "core/json.hpp"
 #include "core/log.hpp"
@@ -115,6 +116,16 @@ std::string render_metrics(const Sources& src) {
          "Configuration generation serving new connections: 1 at start, +1 per successful reload.");
   appendf(&out, "tokenrelay_config_generation %llu\n",
           static_cast<unsigned long long>(src.generation));
+  family(&out, "tokenrelay_config_reloads_total", "counter",
+         "SIGHUP reloads, by result (failed: the running configuration was kept).");
+  appendf(&out, "tokenrelay_config_reloads_total{result=\"ok\"} %llu\n",
+          static_cast<unsigned long long>(src.reloads_ok));
+  appendf(&out, "tokenrelay_config_reloads_total{result=\"failed\"} %llu\n",
+          static_cast<unsigned long long>(src.reloads_failed));
+  family(&out, "tokenrelay_config_last_reload_success_timestamp_seconds", "gauge",
+         "Unix time of the last successful reload (0: none since start).");
+  appendf(&out, "tokenrelay_config_last_reload_success_timestamp_seconds %.0f\n",
+          src.last_reload_ok_unix);
 
   family(&out, "tokenrelay_requests_total", "counter",
          "Requests answered, by replica (empty: answered by the proxy) and status code.");
@@ -375,9 +386,7 @@ std::shared_ptr<const Sources> AdminServer::current() const {
   return src_;
 }
 
-bool AdminServer::start(const SockAddr& addr, std::shared_ptr<const Sources> src,
-                        std::string* err) {
-  publish(std::move(src));
+bool AdminServer::start(const SockAddr& addr, std::string* err) {
   listen_fd_ = ::socket(addr.storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (listen_fd_ < 0) {
     *err = std::string("admin socket: ") + std::strerror(errno);
@@ -452,6 +461,7 @@ void AdminServer::serve_one(int fd) {
   std::string body;
   const char* ctype = "text/plain; charset=utf-8";
   std::shared_ptr<const Sources> src = current();
+  TR_ASSERT(src && src->cfg && src->table);  // published before start()
   if (method != "GET" && method != "HEAD") {
     status = 405;
     body = "method not allowed\n";

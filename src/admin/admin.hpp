@@ -29,7 +29,10 @@ struct Sources {
   std::vector<const proxy::WorkerStats*> workers;
   size_t worker_threads = 0;  // the current configuration's workers
   uint64_t generation = 1;    // 1 at start, +1 per successful reload
-  std::string io_backend;     // "io_uring" or "epoll", for tokenrelay_build_info
+  uint64_t reloads_ok = 0;
+  uint64_t reloads_failed = 0;     // refused files and generations that did not start
+  double last_reload_ok_unix = 0;  // 0 = never reloaded
+  std::string io_backend;          // "io_uring" or "epoll", for tokenrelay_build_info
   std::vector<std::shared_ptr<const void>> owners;
 };
 
@@ -47,8 +50,9 @@ class AdminServer {
   AdminServer(const AdminServer&) = delete;
   AdminServer& operator=(const AdminServer&) = delete;
 
-  // Binds <addr> and starts the thread serving <src>.
-  bool start(const SockAddr& addr, std::shared_ptr<const Sources> src, std::string* err);
+  // Binds <addr> and starts the thread. publish() first: requests read what
+  // was published last.
+  bool start(const SockAddr& addr, std::string* err);
   // Any thread: requests from now on read <src>. A request in progress keeps
   // its Sources (and so its owners) until it is answered.
   void publish(std::shared_ptr<const Sources> src);

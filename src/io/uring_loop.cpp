@@ -377,12 +377,11 @@ class UringLoop final : public Loop {
       s->recv_armed_ = false;
     }
     if (res >= 0) {
-      if (s->closing_) {
-        ::close(res);
-      } else {
-        tune_accepted(res);
-        s->handler->on_accept(s, res);
-      }
+      // Also while the listener is closing (the cancel is not submitted yet):
+      // the kernel has completed the handshake and the client may already have
+      // sent its request; closing here would reset it. The handler serves it.
+      tune_accepted(res);
+      s->handler->on_accept(s, res);
     } else if (res != -ECANCELED) {
       TR_LOG_WARN("accept: %s", std::strerror(-res));
     }

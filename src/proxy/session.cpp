@@ -78,7 +78,12 @@ bool ClientConn::idle_between_requests() const {
 
 void ClientConn::drain(bool close_idle) {
   draining_ = true;
-  if (!close_idle) return;  // answers with Connection: close; keep-alive timer closes idle
+  if (!close_idle) {
+    // The next response carries Connection: close; an idle client gets
+    // kDrainIdleGraceMs to send its next request.
+    if (idle_between_requests()) arm_timer_for_state();
+    return;
+  }
   if (idle_between_requests()) {
     close_now();
   } else {
@@ -93,10 +98,15 @@ void ClientConn::arm_timer_for_state() {
     case State::kReading:
       // Header: a total budget from the first byte. Body: idle time between reads.
       // Between requests: keep-alive idle (or the write timeout while flushing).
-      w_->loop().timers().arm(&timer_, now,
-                              !req_.in_message() ? t.keepalive_idle_ms
-                              : req_.head_done() ? t.client_body_idle_ms
-                                                 : t.client_header_ms);
+      // Draining (reload): an idle client gets a short grace for a request that
+      // may already be on its way, not the whole keep-alive time.
+      w_->loop().timers().arm(
+          &timer_, now,
+          !req_.in_message()
+              ? (draining_ ? std::min<uint32_t>(t.keepalive_idle_ms, kDrainIdleGraceMs)
+                           : t.keepalive_idle_ms)
+          : req_.head_done() ? t.client_body_idle_ms
+                             : t.client_header_ms);
       break;
     case State::kWaiting:
       w_->loop().timers().arm(&timer_, now, t.upstream_first_byte_ms);

@@ -37,6 +37,10 @@ inline constexpr size_t kMaxRanked = 16;  // replicas tried for one request, at 
 // would pin them all: issue 4 adds compaction of stalled queues.
 inline constexpr uint32_t kStreamSegmentsMax = 64;
 
+// After a reload, how long an idle keep-alive client of the old configuration
+// may take to send its next request (answered, then closed) before it is closed.
+inline constexpr uint32_t kDrainIdleGraceMs = 2000;
+
 class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   friend class UpstreamConn;
   friend class Worker;  // the admission queue links
@@ -46,8 +50,8 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   ~ClientConn();
   void start();
   // Drain: close after the current response (Connection: close). Between
-  // requests: close now when <close_idle>, else at the next response or the
-  // keep-alive timeout.
+  // requests: close now when <close_idle>, else at the next response or after
+  // kDrainIdleGraceMs (at most the keep-alive timeout) without a request.
   void drain(bool close_idle);
   bool idle_between_requests() const;
   // Drain deadline passed: close whatever state the exchange is in.

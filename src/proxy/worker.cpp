@@ -186,9 +186,32 @@ void Worker::request_drain(DrainMode mode, uint32_t timeout_ms) {
   if (loop_) loop_->wake();
 }
 
+void Worker::start_accepting() {
+  accept_requested_.store(true, std::memory_order_release);
+  if (loop_) loop_->wake();
+}
+
 void Worker::wake_thunk(void* self) {
   auto* w = static_cast<Worker*>(self);
+  if (w->accept_requested_.load(std::memory_order_acquire)) w->open_listener();
   if (w->drain_requested_.load(std::memory_order_acquire)) w->begin_drain();
+}
+
+void Worker::open_listener() {
+  if (listener_open_ || drain_started_ || opt_.listen_fd < 0) return;
+  // The listener is blocking for io_uring (the ring waits) and non-blocking for
+  // epoll. (A flag of the socket, shared by every generation's dup of it: all
+  // generations use the same backend.)
+  int fl = fcntl(opt_.listen_fd, F_GETFL);
+  if (loop_->backend() == io::Backend::epoll) {
+    fcntl(opt_.listen_fd, F_SETFL, fl | O_NONBLOCK);
+  } else {
+    fcntl(opt_.listen_fd, F_SETFL, fl & ~O_NONBLOCK);
+  }
+  listener_.fd = opt_.listen_fd;
+  opt_.listen_fd = -1;  // the loop owns it now
+  loop_->listen(&listener_);
+  listener_open_ = true;
 }
 
 void Worker::thread_main() {
@@ -215,16 +238,8 @@ void Worker::thread_main() {
   loop_->set_wake_handler(&Worker::wake_thunk, this);
   if (shared_->access_log)
     alog_ = std::make_unique<accesslog::AccessLogWriter>(shared_->access_log);
-  // The listener is blocking for io_uring (the ring waits) and non-blocking for epoll.
-  int fl = fcntl(opt_.listen_fd, F_GETFL);
-  if (loop_->backend() == io::Backend::epoll) {
-    fcntl(opt_.listen_fd, F_SETFL, fl | O_NONBLOCK);
-  } else {
-    fcntl(opt_.listen_fd, F_SETFL, fl & ~O_NONBLOCK);
-  }
-  listener_.fd = opt_.listen_fd;
-  loop_->listen(&listener_);
-  listener_open_ = true;
+  if (opt_.accept_at_start) accept_requested_.store(true, std::memory_order_relaxed);
+  if (accept_requested_.load(std::memory_order_acquire)) open_listener();
   started_.store(1, std::memory_order_release);
   if (drain_requested_.load(std::memory_order_acquire)) begin_drain();
   loop_->run();
@@ -407,6 +422,10 @@ void Worker::begin_drain() {
     // dup of it): connections the kernel queued meanwhile wait for the next
     // configuration's worker instead of being reset.
     if (listener_open_) loop_->close(&listener_);
+    if (opt_.listen_fd >= 0) {  // never accepted (its generation did not start)
+      ::close(opt_.listen_fd);
+      opt_.listen_fd = -1;
+    }
     // Idle pooled connections go now; exchanges in flight do not reuse theirs.
     for (auto& pool : idle_) {
       while (!pool.empty())

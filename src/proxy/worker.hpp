@@ -88,9 +88,10 @@ enum class DrainMode : uint8_t {
 
 struct WorkerOptions {
   uint32_t index = 0;
-  int cpu = -1;          // pin to this CPU; -1 = no pinning
-  int listen_fd = -1;    // bound SO_REUSEPORT socket, already listening
-  io::LoopOptions loop;  // backend choice and buffer sizes
+  int cpu = -1;        // pin to this CPU; -1 = no pinning
+  int listen_fd = -1;  // bound SO_REUSEPORT socket, already listening; the worker closes it
+  bool accept_at_start = true;  // false: accept only after start_accepting()
+  io::LoopOptions loop;         // backend choice and buffer sizes
 };
 
 class Worker final : public io::SocketHandler, public io::TimerHandler {
@@ -107,6 +108,9 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   // <timeout_ms>), then exit the thread. May be called again: a shutdown after
   // a reload drain closes idle clients, and the earliest deadline wins.
   void request_drain(DrainMode mode, uint32_t timeout_ms);
+  // Thread-safe: begin accepting (with accept_at_start = false: once every
+  // worker of a configuration has started, so a failed start drops nothing).
+  void start_accepting();
   // True once the thread has exited (every connection closed); join() is then immediate.
   bool finished() const { return finished_.load(std::memory_order_acquire); }
   void join();
@@ -166,6 +170,7 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   void thread_main();
   static void wake_thunk(void* self);
   void begin_drain();
+  void open_listener();
   void maybe_finish_drain();
 
   Shared* shared_;
@@ -175,6 +180,7 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   char loop_desc_[256] = "";
   std::string start_error_;
   std::atomic<int> started_{0};  // 0 pending, 1 ok, -1 failed
+  std::atomic<bool> accept_requested_{false};
   std::atomic<bool> drain_requested_{false};
   std::atomic<bool> drain_hard_{false};
   std::atomic<int64_t> drain_deadline_ms_{INT64_MAX};

@@ -7,8 +7,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <utility>
 
 #include "accesslog/accesslog.hpp"
@@ -190,13 +192,16 @@ bool Server::start(Loaded first, std::string* err) {
   if (!start_generation(std::move(first), &g, err)) return false;
   cur_ = std::move(g);
   io_desc_ = cur_->workers[0]->backend_description();
+  // Later generations use the backend this one got (io = auto could otherwise
+  // differ, and the listening sockets' O_NONBLOCK flag is shared by all).
+  loop_opt_.want = io_desc_.rfind("io_uring", 0) == 0 ? io::LoopOptions::Want::io_uring
+                                                      : io::LoopOptions::Want::epoll;
   retired_ = std::make_shared<proxy::WorkerStats>(std::vector<std::string>{});
-  auto src = std::make_shared<admin::Sources>();  // publish() fills it
-  if (!admin_.start(admin_addr, src, err)) {
+  publish();  // before the admin thread can answer anything
+  if (!admin_.start(admin_addr, err)) {
     cur_.reset();
     return false;
   }
-  publish();
   return true;
 }
 
@@ -238,6 +243,7 @@ bool Server::start_generation(Loaded loaded, std::shared_ptr<Generation>* out, s
       return false;  // ~Generation stops the workers already started
     }
     wo.loop = loop_opt_;
+    wo.accept_at_start = false;  // below, once every worker has started
     auto w = std::make_unique<proxy::Worker>(&g->shared, wo);
     std::string werr;
     if (!w->start(&werr)) {
@@ -247,6 +253,8 @@ bool Server::start_generation(Loaded loaded, std::shared_ptr<Generation>* out, s
     }
     g->workers.push_back(std::move(w));
   }
+  for (auto& w : g->workers)
+    w->start_accepting();
   g->poller->start();
   ++next_id_;
   *out = std::move(g);
@@ -259,6 +267,9 @@ void Server::publish() {
   src->table = cur_->table.get();
   src->worker_threads = cur_->workers.size();
   src->generation = cur_->id;
+  src->reloads_ok = reloads_ok_;
+  src->reloads_failed = reloads_failed_;
+  src->last_reload_ok_unix = last_reload_ok_unix_;
   src->io_backend = io_desc_.rfind("io_uring", 0) == 0 ? "io_uring" : "epoll";
   auto add = [&src](const std::shared_ptr<Generation>& g) {
     for (const auto& w : g->workers)
@@ -274,10 +285,23 @@ void Server::publish() {
 }
 
 bool Server::reload(std::string* err) {
+  bool ok = try_reload(err);
+  if (ok) {
+    ++reloads_ok_;
+    last_reload_ok_unix_ = static_cast<double>(time(nullptr));
+  } else {
+    ++reloads_failed_;
+  }
+  publish();
+  return ok;
+}
+
+bool Server::try_reload(std::string* err) {
   reap();
   if (old_.size() >= kMaxDraining) {
     *err = std::to_string(old_.size()) +
-           " older configurations are still draining (long streams); try again later";
+           " older configurations are still draining (streams or keep-alive clients in "
+           "flight); try again later";
     return false;
   }
   Loaded next;
@@ -298,7 +322,6 @@ bool Server::reload(std::string* err) {
       cur_->cfg.routing.policy.c_str(), static_cast<unsigned long long>(prev->id),
       prev->connections(), cur_->cfg.proxy.reload_drain_timeout_ms);
   old_.push_back(std::move(prev));
-  publish();
   return true;
 }
 
@@ -347,6 +370,9 @@ void Server::reap() {
   // holds them (use_count 1 = only this list).
   for (size_t i = 0; i < graveyard_.size();) {
     if (graveyard_[i].use_count() == 1) {
+      // Pairs with the release of the admin thread's last shared_ptr drop:
+      // its reads happen before the destruction.
+      std::atomic_thread_fence(std::memory_order_acquire);
       graveyard_.erase(graveyard_.begin() + static_cast<std::ptrdiff_t>(i));
     } else {
       ++i;

@@ -79,6 +79,7 @@ class Server {
   bool pinned() const { return pin_; }
 
  private:
+  bool try_reload(std::string* err);
   bool start_generation(Loaded loaded, std::shared_ptr<Generation>* out, std::string* err);
   void publish();
 
@@ -94,6 +95,9 @@ class Server {
   std::vector<std::shared_ptr<Generation>> old_;        // draining
   std::vector<std::shared_ptr<Generation>> graveyard_;  // exited, maybe still read by admin
   std::shared_ptr<proxy::WorkerStats> retired_;         // totals of exited workers
+  uint64_t reloads_ok_ = 0;
+  uint64_t reloads_failed_ = 0;
+  double last_reload_ok_unix_ = 0;
   admin::AdminServer admin_;
 };
 

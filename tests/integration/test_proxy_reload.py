@@ -246,10 +246,130 @@ def check_reload_applies_auth_and_keeps_restart_only_keys():
     sim.stop()
 
 
+def check_fresh_connections_across_many_reloads():
+    """Connections arriving while a listener hands over are served, not reset:
+    30 reloads 100 ms apart under a stream of fresh connections; the counters
+    sampled all along never go back."""
+    sim = start_sim("--speed", "50")
+    with start_proxy([("s", sim.url)], workers=2) as px:
+        stop = threading.Event()
+        outcome = {"ok": 0, "failed": []}
+        lock = threading.Lock()
+
+        def client():
+            while not stop.is_set():
+                try:
+                    st, _, body = http_request(px.port, "GET", "/v1/models", timeout=10)
+                    good = st == 200 and b"sim-model" in body
+                    what = (st, body[:200])
+                except Exception as e:  # noqa: BLE001 - resets count as failures
+                    good, what = False, repr(e)
+                with lock:
+                    if good:
+                        outcome["ok"] += 1
+                    else:
+                        outcome["failed"].append(what)
+
+        threads = [threading.Thread(target=client) for _ in range(6)]
+        for t in threads:
+            t.start()
+        seen = []
+        try:
+            for i in range(30):
+                time.sleep(0.1)
+                px.signal(signal.SIGHUP)
+                seen.append(requests_total(px))
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        wait_until(lambda: generation(px) == 31, timeout=10)
+        assert not outcome["failed"], (len(outcome["failed"]), outcome["failed"][:3])
+        assert outcome["ok"] > 40, outcome["ok"]
+        assert all(b >= a for a, b in zip(seen, seen[1:])), seen
+        wait_until(lambda: requests_total(px) == outcome["ok"], timeout=10)
+        fams = px.metrics()
+        assert metric_value(fams, "tokenrelay_config_reloads_total", result="ok") == 30
+    sim.stop()
+
+
+def check_draining_limit_and_sigterm():
+    """Long streams keep older configurations draining: the 5th reload is refused
+    (counted as failed), serving goes on; SIGTERM then cuts every generation at
+    drain_timeout_ms and exits 0."""
+    sim = start_sim("--speed", "1")
+    px = start_proxy([sim], drain_timeout_ms=1500)
+    socks = []
+    body = ('{"model":"sim-model","prompt":"x","max_tokens":5000,"stream":true,'
+            '"ignore_eos":true}').encode()
+    for i in range(5):
+        s = socket.create_connection(("127.0.0.1", px.port))
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(body), body))
+        assert s.recv(4096).startswith(b"HTTP/1.1 200"), i
+        socks.append(s)
+        px.signal(signal.SIGHUP)
+        if i < 4:
+            wait_until(lambda: generation(px) == i + 2, timeout=10)
+    wait_until(lambda: "older configurations are still draining" in px.log(), timeout=10)
+    fams = px.metrics()
+    assert metric_value(fams, "tokenrelay_config_generation") == 5
+    assert metric_value(fams, "tokenrelay_config_reloads_total", result="failed") == 1
+    assert stream_chat(px.port, max_tokens=3).status == 200
+    t0 = time.monotonic()
+    px.signal(signal.SIGTERM)
+    code = px.proc.wait(30)
+    took = time.monotonic() - t0
+    assert code == 0, (code, px.log())
+    assert took < 10, took
+    for s in socks:
+        s.close()
+    sim.stop()
+
+
+def check_admin_answers_from_the_first_moment():
+    """The admin endpoint never answers before it has something to read: probe
+    /health and /metrics in a loop while the proxy starts, several times."""
+    sim = start_sim("--speed", "50")
+    for _ in range(5):
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        text = make_config([sim]).replace("[admin]\nlisten = 127.0.0.1:0",
+                                          "[admin]\nlisten = 127.0.0.1:%d" % port)
+        stop = threading.Event()
+        answers = []
+
+        def prober():
+            while not stop.is_set():
+                for path in ("/health", "/metrics", "/status"):
+                    try:
+                        st, _, _ = http_request(port, "GET", path, timeout=2)
+                        answers.append(st)
+                    except OSError:
+                        pass
+        th = threading.Thread(target=prober)
+        th.start()
+        try:
+            with start_proxy(config_text=text) as px:
+                wait_until(lambda: len(answers) > 10, timeout=10)
+                assert px.proc.poll() is None
+        finally:
+            stop.set()
+            th.join(10)
+        assert set(answers) <= {200, 503}, set(answers)
+    sim.stop()
+
+
 if __name__ == "__main__":
     run_checks([
         ("SIGHUP under load, long stream across reloads", check_reload_under_load),
         ("idle keep-alive client: answered, then closed", check_keepalive_client_answered_then_closed),
         ("bad config on SIGHUP keeps the running one", check_bad_config_keeps_running_one),
         ("reload applies auth, keeps restart-only keys", check_reload_applies_auth_and_keeps_restart_only_keys),
+        ("fresh connections across 30 reloads", check_fresh_connections_across_many_reloads),
+        ("draining limit refuses a reload; SIGTERM ends all", check_draining_limit_and_sigterm),
+        ("admin endpoint answers from the first moment", check_admin_answers_from_the_first_moment),
     ])
