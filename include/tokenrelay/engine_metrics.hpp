@@ -36,6 +36,8 @@ struct EngineMetrics {
   HistogramTotals ttft;  // vllm:time_to_first_token_seconds
   HistogramTotals itl;   // vllm:inter_token_latency_seconds (older: time_per_output_token_seconds)
   HistogramTotals e2e;   // vllm:e2e_request_latency_seconds
+  HistogramTotals iteration_tokens;  // vllm:iteration_tokens_total: _count = engine steps
+                                     // that output a token, _sum = their tokens
 
   // vllm:cache_config_info labels (0 = absent).
   uint32_t block_size = 0;

@@ -238,11 +238,9 @@ struct Poller::Impl final : HttpHandler {
                                    : static_cast<float>(0.8 * st.chars_per_token + 0.2 * sample);
         }
       }
-      double running_mean = (std::max(0.0, em.running) + std::max(0.0, p.running)) / 2;
-      if (em.itl.present && p.itl.present && em.ttft.present && p.ttft.present) {
-        rep.calibrator.observe(interval_s, em.itl.sum - p.itl.sum, em.itl.count - p.itl.count,
-                               em.ttft.sum - p.ttft.sum, em.ttft.count - p.ttft.count, d_prompt,
-                               d_gen, running_mean);  // negative = unknown: ignored
+      estimator::ScrapeDeltas cd;
+      if (calibration_deltas(p, em, interval_s, &cd)) {
+        rep.calibrator.observe(cd);
         st.step_base_s = static_cast<float>(rep.calibrator.step_base_s());
         st.step_per_token_s = static_cast<float>(rep.calibrator.step_per_token_s());
         st.calibration_samples = rep.calibrator.samples();

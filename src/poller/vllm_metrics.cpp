@@ -36,6 +36,8 @@ enum class Field : uint8_t {
   tpot_count,
   e2e_sum,
   e2e_count,
+  iteration_sum,  // vllm:iteration_tokens_total
+  iteration_count,
   cache_config,
   count_,
 };
@@ -67,6 +69,8 @@ constexpr Name kNames[] = {
     {"time_per_output_token_seconds_count", Field::tpot_count},
     {"e2e_request_latency_seconds_sum", Field::e2e_sum},
     {"e2e_request_latency_seconds_count", Field::e2e_count},
+    {"iteration_tokens_total_sum", Field::iteration_sum},
+    {"iteration_tokens_total_count", Field::iteration_count},
     {"cache_config_info", Field::cache_config},
 };
 constexpr size_t kNameCount = sizeof(kNames) / sizeof(kNames[0]);
@@ -217,10 +221,33 @@ bool parse_vllm_metrics(std::string_view text, tr::EngineMetrics* out) {
     acc.histogram(Field::tpot_sum, Field::tpot_count, &out->itl);
   }
   acc.histogram(Field::e2e_sum, Field::e2e_count, &out->e2e);
+  acc.histogram(Field::iteration_sum, Field::iteration_count, &out->iteration_tokens);
   out->block_size = acc.block_size <= UINT32_MAX ? static_cast<uint32_t>(acc.block_size) : 0;
   out->num_gpu_blocks = acc.num_gpu_blocks;
   out->malformed_lines = malformed <= UINT32_MAX ? static_cast<uint32_t>(malformed) : UINT32_MAX;
   return out->any_vllm;
+}
+
+bool calibration_deltas(const tr::EngineMetrics& prev, const tr::EngineMetrics& cur,
+                        double interval_s, estimator::ScrapeDeltas* out) {
+  if (!(cur.itl.present && prev.itl.present && cur.ttft.present && prev.ttft.present)) return false;
+  // Counters: -1 when absent in either scrape or gone backwards.
+  auto counter = [](double c, double p) { return c >= 0 && p >= 0 && c >= p ? c - p : -1.0; };
+  estimator::ScrapeDeltas d;
+  d.interval_s = interval_s;
+  d.itl_sum_s = cur.itl.sum - prev.itl.sum;
+  d.itl_count = cur.itl.count - prev.itl.count;
+  d.ttft_sum_s = cur.ttft.sum - prev.ttft.sum;
+  d.ttft_count = cur.ttft.count - prev.ttft.count;
+  d.prompt_tokens = counter(cur.prompt_tokens, prev.prompt_tokens);
+  d.generation_tokens = counter(cur.generation_tokens, prev.generation_tokens);
+  if (cur.iteration_tokens.present && prev.iteration_tokens.present) {
+    d.steps = cur.iteration_tokens.count - prev.iteration_tokens.count;
+  }
+  d.running_start = prev.running;
+  d.running_end = cur.running;
+  *out = d;
+  return true;
 }
 
 }  // namespace tr::poller

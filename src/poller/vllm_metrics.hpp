@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <string_view>
 
+#include "estimator/calibration.hpp"
 #include "tokenrelay/engine_metrics.hpp"
 
 namespace tr::poller {
@@ -18,7 +19,8 @@ inline constexpr size_t kVllmEnginesMax = 64;
 //    the `engine` label (data-parallel engines) and over `model_name`;
 //    vllm:request_success_total over every `finished_reason` too;
 //  - kv_usage is the mean over the samples (one per engine), not the sum;
-//  - histograms via their _sum and _count samples (buckets are not read);
+//  - histograms via their _sum and _count samples (buckets are not read):
+//    TTFT, inter-token latency, e2e latency, iteration tokens;
 //  - V1 names win over the older ones when both are present
 //    (kv_cache_usage_perc over gpu_cache_usage_perc,
 //    inter_token_latency_seconds over time_per_output_token_seconds);
@@ -30,5 +32,14 @@ inline constexpr size_t kVllmEnginesMax = 64;
 // out->malformed_lines and never stop the parse. Returns out->any_vllm: true
 // if at least one sample named "vllm:..." was seen.
 bool parse_vllm_metrics(std::string_view text, tr::EngineMetrics* out);
+
+// The step-time calibration's input for the <interval_s> between two
+// consecutive scrapes of one replica, <prev> then <cur>. A counter that went
+// backwards (restart) or is absent gives a negative delta, which the
+// calibrator treats as garbage; an absent iteration histogram or running gauge
+// reads as unknown. Returns false (nothing to observe) when either scrape
+// lacks the inter-token latency or TTFT histogram.
+bool calibration_deltas(const tr::EngineMetrics& prev, const tr::EngineMetrics& cur,
+                        double interval_s, estimator::ScrapeDeltas* out);
 
 }  // namespace tr::poller

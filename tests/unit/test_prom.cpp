@@ -187,6 +187,7 @@ void require_absent(const EngineMetrics& m) {
   CHECK_FALSE(m.ttft.present);
   CHECK_FALSE(m.itl.present);
   CHECK_FALSE(m.e2e.present);
+  CHECK_FALSE(m.iteration_tokens.present);
   CHECK(m.block_size == 0);
   CHECK(m.num_gpu_blocks == 0);
 }
@@ -231,6 +232,9 @@ TEST_CASE("vLLM V1 exposition, two engines: sums, kv mean, histograms, cache con
   CHECK(m.e2e.present);
   CHECK(m.e2e.count == 893);
   CHECK(m.e2e.sum == Approx(1903.2231044769287 + 1840.5512447357178));
+  CHECK(m.iteration_tokens.present);
+  CHECK(m.iteration_tokens.count == 409147);  // 204117 + 205030 engine steps
+  CHECK(m.iteration_tokens.sum == 5490002);   // 2.767555e+06 + 2.722447e+06 = prompt + generation
   CHECK(m.block_size == 16);
   CHECK(m.num_gpu_blocks == 29127);
   CHECK(m.malformed_lines == 0);
@@ -259,6 +263,9 @@ TEST_CASE("vLLM V0 exposition: older names, no engine label", "[prom]") {
   CHECK(m.e2e.present);
   CHECK(m.e2e.count == 1291);
   CHECK(m.e2e.sum == 7981.06702709198);
+  CHECK(m.iteration_tokens.present);
+  CHECK(m.iteration_tokens.count == 150221);
+  CHECK(m.iteration_tokens.sum == 792555);  // prompt + generation
   CHECK(m.block_size == 16);
   CHECK(m.num_gpu_blocks == 27910);
   CHECK(m.malformed_lines == 0);
@@ -284,6 +291,7 @@ TEST_CASE("vllm-sim exposition, two engines", "[prom]") {
   CHECK(m.itl.sum == Approx(0.009514239000000002 + 0.022219886000000005));
   CHECK(m.e2e.count == 7);
   CHECK(m.e2e.sum == Approx(0.010442847 + 0.023721112000000003));
+  CHECK_FALSE(m.iteration_tokens.present);  // recorded before the sim exported it
   CHECK(m.block_size == 16);
   CHECK(m.num_gpu_blocks == 4096);
   CHECK(m.malformed_lines == 0);
@@ -582,6 +590,50 @@ TEST_CASE("a missing family leaves -1", "[prom]") {
                          "vllm:num_requests_running{engine=\"2\"} 2\n",
                          &m));
   CHECK(m.running == 2);
+}
+
+TEST_CASE("calibration deltas between two scrapes", "[prom]") {
+  EngineMetrics a;
+  EngineMetrics b;
+  REQUIRE(parse_vllm_metrics(read_fixture("vllm_v1_2engines.prom"), &a));
+  b = a;
+  b.itl.sum += 1.5;
+  b.itl.count += 120;
+  b.ttft.sum += 0.4;
+  b.ttft.count += 2;
+  b.prompt_tokens += 9000;
+  b.generation_tokens += 122;
+  b.iteration_tokens.count += 11;
+  b.running = 13;
+  tr::estimator::ScrapeDeltas d;
+  REQUIRE(tr::poller::calibration_deltas(a, b, 0.1, &d));
+  CHECK(d.interval_s == 0.1);
+  CHECK(d.itl_sum_s == Approx(1.5));
+  CHECK(d.itl_count == 120);
+  CHECK(d.ttft_sum_s == Approx(0.4));
+  CHECK(d.ttft_count == 2);
+  CHECK(d.prompt_tokens == 9000);
+  CHECK(d.generation_tokens == 122);
+  CHECK(d.steps == 11);
+  CHECK(d.running_start == 12);
+  CHECK(d.running_end == 13);
+
+  // A server without the iteration histogram: steps unknown.
+  EngineMetrics c = b;
+  c.iteration_tokens = tr::HistogramTotals{};
+  REQUIRE(tr::poller::calibration_deltas(a, c, 0.1, &d));
+  CHECK(d.steps == -1);
+  // A restart: counters went backwards, the calibrator sees negative deltas.
+  EngineMetrics restarted = a;
+  restarted.prompt_tokens = 10;
+  restarted.itl.count = 5;
+  REQUIRE(tr::poller::calibration_deltas(a, restarted, 0.1, &d));
+  CHECK(d.prompt_tokens == -1);
+  CHECK(d.itl_count < 0);
+  // No inter-token latency histogram: nothing to observe.
+  EngineMetrics no_itl = b;
+  no_itl.itl = tr::HistogramTotals{};
+  CHECK_FALSE(tr::poller::calibration_deltas(a, no_itl, 0.1, &d));
 }
 
 TEST_CASE("non-vLLM input", "[prom]") {

@@ -199,6 +199,8 @@ void Engine::start_step(int64_t now_ns, double speed) {
     // only follows a step that preempted everything; retry after an empty
     // step rather than idling with work queued (nothing else would wake us).
     step_end_ns_ = now_ns + static_cast<int64_t>(cfg_.step_base_ms * 1e6 / speed);
+    step_start_ns_ = now_ns;
+    step_tokens_ = 0;
     return;
   }
 
@@ -209,6 +211,8 @@ void Engine::start_step(int64_t now_ns, double speed) {
   const double ns = cfg_.step_base_ms * 1e6 + cfg_.step_per_token_us * 1e3 * tokens +
                     cfg_.step_per_ctx_ns * static_cast<double>(context + tokens);
   step_end_ns_ = now_ns + static_cast<int64_t>(ns / speed);
+  step_start_ns_ = now_ns;
+  step_tokens_ = tokens;
 }
 
 void Engine::finish(Seq* seq, FinishReason reason, int64_t now_ns) {
@@ -220,8 +224,14 @@ void Engine::finish(Seq* seq, FinishReason reason, int64_t now_ns) {
 
 void Engine::finish_step(int64_t now_ns) {
   TR_ASSERT(step_in_flight());
+  // Ground truth, credited when the step ends, as vLLM's metrics are.
+  metrics_.steps += 1;
+  metrics_.step_seconds += static_cast<double>(step_end_ns_ - step_start_ns_) / 1e9;
+  metrics_.step_tokens += step_tokens_;
   step_end_ns_ = -1;
   bool any_finished = false;
+  uint64_t iteration_tokens = 0;  // vLLM V1: generated + prompts completed
+  bool any_output = false;
   for (Scheduled& e : sched_) {
     Seq* s = e.seq;
     if (s == nullptr) continue;  // aborted during the step
@@ -234,6 +244,8 @@ void Engine::finish_step(int64_t now_ns) {
     // The step completed this request's context: it samples one token.
     s->generated += 1;
     metrics_.generation_tokens += 1;
+    iteration_tokens += 1;
+    any_output = true;
     if (s->generated == 1) {
       s->first_token_ns = now_ns;
       metrics_.ttft.observe(static_cast<double>(now_ns - s->arrival_ns) / 1e9);
@@ -243,6 +255,7 @@ void Engine::finish_step(int64_t now_ns) {
     if (!s->prompt_counted) {
       s->prompt_counted = true;
       metrics_.prompt_tokens += s->prompt_tokens;
+      iteration_tokens += s->prompt_tokens;
     }
     s->last_token_ns = now_ns;
     FinishReason reason = FinishReason::none;
@@ -254,6 +267,7 @@ void Engine::finish_step(int64_t now_ns) {
     sink_->on_token(*s, reason, now_ns);
   }
   sched_.clear();
+  if (any_output) metrics_.iteration_tokens.observe(static_cast<double>(iteration_tokens));
   if (any_finished) {
     std::erase_if(running_, [](const Seq* s) { return s->state == Seq::State::finished; });
   }

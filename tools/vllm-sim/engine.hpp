@@ -118,6 +118,8 @@ class Engine {
   std::deque<Seq*> waiting_;
   std::vector<Scheduled> sched_;  // the step in flight; capacity kept across steps
   int64_t step_end_ns_ = -1;
+  int64_t step_start_ns_ = 0;  // of the step in flight
+  uint64_t step_tokens_ = 0;   // scheduled in the step in flight
 
   // KV pool. free_blocks_ counts every unreferenced block, including those
   // still holding a cached prefix (lru_), which are evicted oldest first.

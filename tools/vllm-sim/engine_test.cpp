@@ -103,6 +103,43 @@ TEST_CASE("a long prompt is prefilled in budget-sized chunks") {
   CHECK(sink.events.size() == 1);
 }
 
+TEST_CASE("a chunked prompt counts in the step that completes it, as in vLLM V1") {
+  RecordingSink sink;
+  Engine e(small_config(), &sink);
+  auto a = make_seq(8, 3);    // decodes while b prefills
+  auto b = make_seq(150, 2);  // 150 tokens over several steps
+  int64_t now = 0;
+  e.submit(a.get(), now);
+  e.submit(b.get(), now);
+  // Step 1: a 8 + b 56 (budget 64). Step 2: a 1 + b 63. Step 3: a 1 + b 31:
+  // b completes and samples. Step 4: b 1 (a is done).
+  CHECK(drain(e, &now) == 4);
+  const EngineMetrics& m = e.metrics();
+  CHECK(m.prompt_tokens == 158);  // whole prompts, each when it completed
+  // vllm:iteration_tokens_total: one observation per step that output a
+  // token (all four here), of its generated tokens plus completed prompts.
+  CHECK(m.iteration_tokens.count == 4);
+  CHECK(m.iteration_tokens.sum == (8 + 1) + 1 + (150 + 1 + 1) + 1);
+  // Ground truth: every token scheduled, in the step that computed it.
+  CHECK(m.steps == 4);
+  CHECK(m.step_tokens == 64 + 64 + 32 + 1);
+  // 4 steps of 1 ms + 10 us per token.
+  CHECK(m.step_seconds == Approx(4 * 1e-3 + 161 * 10e-6));
+}
+
+TEST_CASE("a step that outputs no token is not an iteration") {
+  RecordingSink sink;
+  Engine e(small_config(), &sink);
+  auto s = make_seq(200, 1);
+  int64_t now = 0;
+  e.submit(s.get(), now);
+  CHECK(drain(e, &now) == 4);  // 64, 64, 64, 8: only the last samples
+  CHECK(e.metrics().iteration_tokens.count == 1);
+  CHECK(e.metrics().iteration_tokens.sum == 201);
+  CHECK(e.metrics().steps == 4);
+  CHECK(e.metrics().step_tokens == 200);
+}
+
 TEST_CASE("step time follows base + per token, divided by speed") {
   RecordingSink sink;
   Engine e(small_config(), &sink);

@@ -19,12 +19,17 @@ constexpr double kItlBounds[] = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,  0.3,
 constexpr double kE2eBounds[] = {0.3,  0.5,   0.8,   1.0,   1.5,   2.0,    2.5,
                                  5.0,  10.0,  15.0,  20.0,  30.0,  40.0,   50.0,
                                  60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+// vllm:iteration_tokens_total (tokens, vllm/v1/metrics/loggers.py).
+constexpr double kIterationTokensBounds[] = {1,   8,    16,   32,   64,   128,  256,
+                                             512, 1024, 2048, 4096, 8192, 16384};
 constexpr size_t kTtftBuckets = sizeof(kTtftBounds) / sizeof(double);
 constexpr size_t kItlBuckets = sizeof(kItlBounds) / sizeof(double);
 constexpr size_t kE2eBuckets = sizeof(kE2eBounds) / sizeof(double);
+constexpr size_t kIterationTokensBuckets = sizeof(kIterationTokensBounds) / sizeof(double);
 static_assert(kTtftBuckets <= Histogram::kBucketsMax);
 static_assert(kItlBuckets <= Histogram::kBucketsMax);
 static_assert(kE2eBuckets <= Histogram::kBucketsMax);
+static_assert(kIterationTokensBuckets <= Histogram::kBucketsMax);
 
 void init_hist(Histogram* h, const double* bounds, size_t n) {
   h->bounds = bounds;
@@ -134,6 +139,7 @@ EngineMetrics::EngineMetrics() {
   init_hist(&ttft, kTtftBounds, kTtftBuckets);
   init_hist(&itl, kItlBounds, kItlBuckets);
   init_hist(&e2e, kE2eBounds, kE2eBuckets);
+  init_hist(&iteration_tokens, kIterationTokensBounds, kIterationTokensBuckets);
 }
 
 void append_prom_float(std::string* out, double v) {
@@ -229,6 +235,8 @@ void render_metrics(std::string* out, std::string_view model_name,
             &EngineMetrics::itl);
   histogram(c, "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
             &EngineMetrics::e2e);
+  histogram(c, "vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.",
+            &EngineMetrics::iteration_tokens);
 
   // Info gauge: CacheConfig.metrics_info() (every field str()-ed) plus the
   // engine label, labels sorted.
@@ -255,6 +263,19 @@ void render_metrics(std::string* out, std::string_view model_name,
     sample(out, "vllm_sim:aborted_requests", "_total", e, "", model_name,
            static_cast<double>(engines[e].metrics->aborted));
     sample(out, "vllm_sim:aborted_requests", "_created", e, "", model_name, created_s);
+  }
+  counter(c, "vllm_sim:engine_steps", "Engine steps run (vllm-sim only: ground truth).",
+          [](const EngineMetrics& m) { return m.steps; });
+  counter(c, "vllm_sim:step_tokens",
+          "Tokens scheduled in engine steps, prompt chunks when "
+          "computed (vllm-sim only: ground truth).",
+          [](const EngineMetrics& m) { return m.step_tokens; });
+  header(out, "vllm_sim:step_seconds", "counter",
+         "Simulated duration of the engine steps (vllm-sim only: ground truth).");
+  for (size_t e = 0; e < engines.size(); ++e) {
+    sample(out, "vllm_sim:step_seconds", "_total", e, "", model_name,
+           engines[e].metrics->step_seconds);
+    sample(out, "vllm_sim:step_seconds", "_created", e, "", model_name, created_s);
   }
 }
 

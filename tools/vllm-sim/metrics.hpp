@@ -14,8 +14,8 @@ namespace tr::sim {
 
 enum class FinishReason : uint8_t { none = 0, stop, length, abort };
 
-// A histogram with fixed upper bounds (seconds); counts are per bucket (not
-// cumulative) and made cumulative when rendered.
+// A histogram with fixed upper bounds (seconds, or tokens); counts are per
+// bucket (not cumulative) and made cumulative when rendered.
 struct Histogram {
   static constexpr size_t kBucketsMax = 24;
   const double* bounds = nullptr;
@@ -38,6 +38,17 @@ struct EngineMetrics {
   Histogram ttft;
   Histogram itl;
   Histogram e2e;
+  // vllm:iteration_tokens_total, as vLLM V1 fills it: one observation per
+  // step that output at least one token, of the step's generated tokens plus
+  // the whole prompt of each request whose prefill the step completed.
+  Histogram iteration_tokens;
+  // Ground truth for calibration experiments (sim only, vllm_sim:*), credited
+  // when each step ends: steps, their simulated duration (the engine's busy
+  // time) and the tokens they scheduled (a prompt chunk in the step that
+  // computes it).
+  uint64_t steps = 0;
+  double step_seconds = 0;
+  uint64_t step_tokens = 0;
 
   EngineMetrics();
 };
