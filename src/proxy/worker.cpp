@@ -66,7 +66,7 @@ void TableSource::view(size_t i, routing::ReplicaView* v) const {
   const scores::ReplicaSlot& slot = table_->at(i);
   const Fixed& f = fixed_[i];
   const scores::Dispatch& d = slot.dispatch;
-  int64_t ejected_until = slot.ejected_until_ms.load(std::memory_order_relaxed);
+  int64_t ejected_until = slot.dispatch.ejected_until_ms.load(std::memory_order_relaxed);
   v->usable = slot.up.load(std::memory_order_relaxed) && now_ms_ >= ejected_until;
   v->weight = f.weight;
   if (ejected_until > 0 && now_ms_ - ejected_until < static_cast<int64_t>(slow_start_ms_)) {
@@ -347,36 +347,37 @@ void Worker::learn_prefill_cost(uint32_t b, const estimator::ReplicaLoad& load,
 void Worker::report_replica_result(uint32_t b, bool ok) {
   scores::ReplicaSlot& slot = shared_->table->at(b);
   if (ok) {
-    if (slot.consecutive_failures.load(std::memory_order_relaxed) != 0) {
-      slot.consecutive_failures.store(0, std::memory_order_relaxed);
+    if (slot.dispatch.consecutive_failures.load(std::memory_order_relaxed) != 0) {
+      slot.dispatch.consecutive_failures.store(0, std::memory_order_relaxed);
     }
     return;
   }
   const EjectConfig& ec = cfg().eject;
-  uint32_t n = slot.consecutive_failures.fetch_add(1, std::memory_order_relaxed) + 1;
+  uint32_t n = slot.dispatch.consecutive_failures.fetch_add(1, std::memory_order_relaxed) + 1;
   if (n < ec.failures) return;
   int64_t now = mono_ms();
-  int64_t until = slot.ejected_until_ms.load(std::memory_order_relaxed);
+  int64_t until = slot.dispatch.ejected_until_ms.load(std::memory_order_relaxed);
   if (until > now) return;  // already ejected
   size_t total = shared_->table->size();
   size_t ejected = 0;
   for (size_t i = 0; i < total; ++i) {
-    if (shared_->table->at(i).ejected_until_ms.load(std::memory_order_relaxed) > now) ++ejected;
+    if (shared_->table->at(i).dispatch.ejected_until_ms.load(std::memory_order_relaxed) > now)
+      ++ejected;
   }
   if ((ejected + 1) * 100 > static_cast<size_t>(ec.max_percent) * total) return;
-  uint32_t k = slot.ejections.fetch_add(1, std::memory_order_relaxed);
+  uint32_t k = slot.dispatch.ejections.fetch_add(1, std::memory_order_relaxed);
   // A replica that stayed healthy since its last ejection starts again from base_ms.
   if (until > 0 && now - until > static_cast<int64_t>(ec.max_ms) * 2) {
     k = 0;
-    slot.ejections.store(1, std::memory_order_relaxed);
+    slot.dispatch.ejections.store(1, std::memory_order_relaxed);
   }
   uint64_t dur = static_cast<uint64_t>(ec.base_ms) << std::min<uint32_t>(k, 20);
   dur = std::min<uint64_t>(dur, ec.max_ms);
-  if (!slot.ejected_until_ms.compare_exchange_strong(until, now + static_cast<int64_t>(dur),
-                                                     std::memory_order_relaxed)) {
+  if (!slot.dispatch.ejected_until_ms.compare_exchange_strong(
+          until, now + static_cast<int64_t>(dur), std::memory_order_relaxed)) {
     return;  // another worker ejected it just now
   }
-  slot.consecutive_failures.store(0, std::memory_order_relaxed);
+  slot.dispatch.consecutive_failures.store(0, std::memory_order_relaxed);
   TR_LOG_WARN("replica %s (%s) ejected for %llu ms after %u failures in a row",
               cfg().backends[b].name.c_str(), cfg().backends[b].url.c_str(),
               static_cast<unsigned long long>(dur), n);

@@ -28,7 +28,9 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <type_traits>
+#include <vector>
 
 namespace tr::scores {
 
@@ -113,7 +115,12 @@ class Seqlock {
   std::atomic<uint64_t> words_[kWords] = {};
 };
 
-// Dispatch accounting for one replica, summed over all workers of this process.
+// What this process's own traffic says about one replica, summed over all
+// workers: dispatch accounting and passive health. One per replica for the
+// life of the process: the tables of successive configurations (reload) that
+// keep a replica (same name and URL) share it, so streams still running under
+// the old configuration count against the replica's limits in the new one,
+// and an ejection outlives a reload.
 struct alignas(64) Dispatch {
   std::atomic<int64_t> inflight{0};            // routed here, not finished
   std::atomic<int64_t> prefill_requests{0};    // routed, first token not seen yet
@@ -121,6 +128,11 @@ struct alignas(64) Dispatch {
   std::atomic<int64_t> decode_requests{0};     // first token seen, not finished
   std::atomic<int64_t> decode_tokens{0};       // estimated output tokens still to come
   std::atomic<uint64_t> prompt_chars_sent{0};  // prompt characters sent there (cumulative)
+  // Passive health: a replica that keeps failing requests is ejected until
+  // <ejected_until_ms> (mono ms); after that its weight ramps up.
+  std::atomic<int64_t> ejected_until_ms{0};
+  std::atomic<uint32_t> consecutive_failures{0};
+  std::atomic<uint32_t> ejections{0};  // in a row: each doubles the next
 };
 
 using SeqlockState = Seqlock<ScrapedState>;
@@ -128,18 +140,17 @@ using SeqlockState = Seqlock<ScrapedState>;
 // Laid out so a routing decision touches two cache lines per replica: the
 // first holds health and the routing state, the second the dispatch counters.
 struct alignas(64) ReplicaSlot {
+  explicit ReplicaSlot(Dispatch& d) : dispatch(d) {}
+  ReplicaSlot(const ReplicaSlot&) = delete;
+  ReplicaSlot& operator=(const ReplicaSlot&) = delete;
+
   // Health, written by the poller (independent words: relaxed is enough).
   std::atomic<bool> up{true};
   std::atomic<int32_t> last_health_status{0};  // HTTP status, or -errno
   Seqlock<RoutingState> routing;               // written by the poller; read per decision
-  // Passive health, written by workers: a replica that keeps failing requests is
-  // ejected until <ejected_until_ms> (mono ms); after that its weight ramps up.
-  std::atomic<int64_t> ejected_until_ms{0};
-  std::atomic<uint32_t> consecutive_failures{0};
-  std::atomic<uint32_t> ejections{0};      // in a row: each doubles the next
-  std::atomic<int64_t> last_health_ms{0};  // mono ms of the last completed check
-  Dispatch dispatch;                       // written by workers
-  SeqlockState scraped;                    // written by the poller; /status, metrics
+  std::atomic<int64_t> last_health_ms{0};      // mono ms of the last completed check
+  Dispatch& dispatch;                          // written by workers (maybe shared, see Dispatch)
+  SeqlockState scraped;                        // written by the poller; /status, metrics
 };
 
 // Time from sending a /metrics request to having its answer, all replicas.
@@ -163,10 +174,32 @@ struct ScrapeTiming {
 
 class Table {
  public:
-  explicit Table(size_t n) : n_(n), slots_(std::make_unique<ReplicaSlot[]>(n)) {}
+  // <n> replicas with their own Dispatch blocks.
+  explicit Table(size_t n) : Table(n, {}) {}
+  // Slot i uses <shared>[i] when given (not null), else a block of its own.
+  Table(size_t n, std::vector<std::shared_ptr<Dispatch>> shared)
+      : n_(n), dispatch_(std::move(shared)) {
+    dispatch_.resize(n);
+    for (auto& d : dispatch_) {
+      if (!d) d = std::make_shared<Dispatch>();
+    }
+    slots_ = static_cast<ReplicaSlot*>(
+        ::operator new[](n * sizeof(ReplicaSlot), std::align_val_t{alignof(ReplicaSlot)}));
+    for (size_t i = 0; i < n; ++i)
+      new (&slots_[i]) ReplicaSlot(*dispatch_[i]);
+  }
+  ~Table() {
+    for (size_t i = 0; i < n_; ++i)
+      slots_[i].~ReplicaSlot();
+    ::operator delete[](slots_, std::align_val_t{alignof(ReplicaSlot)});
+  }
+  Table(const Table&) = delete;
+  Table& operator=(const Table&) = delete;
+
   size_t size() const { return n_; }
   ReplicaSlot& at(size_t i) { return slots_[i]; }
   const ReplicaSlot& at(size_t i) const { return slots_[i]; }
+  const std::shared_ptr<Dispatch>& dispatch_block(size_t i) const { return dispatch_[i]; }
   ScrapeTiming scrape_timing;
   bool any_up() const {
     for (size_t i = 0; i < n_; ++i) {
@@ -177,7 +210,8 @@ class Table {
 
  private:
   size_t n_;
-  std::unique_ptr<ReplicaSlot[]> slots_;
+  std::vector<std::shared_ptr<Dispatch>> dispatch_;
+  ReplicaSlot* slots_ = nullptr;
 };
 
 }  // namespace tr::scores

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <iterator>
 #include <utility>
 
 #include "accesslog/accesslog.hpp"
@@ -219,7 +220,15 @@ bool Server::start_generation(Loaded loaded, std::shared_ptr<Generation>* out, s
       if (!g->access_log->open(cfg.log.access_log, err)) return false;
     }
   }
-  g->table = std::make_unique<scores::Table>(cfg.backends.size());
+  // Replicas this process already routes to (same name and URL) keep their
+  // dispatch accounting and passive-health state across the reload.
+  std::vector<std::shared_ptr<scores::Dispatch>> dispatch;
+  for (const BackendConfig& b : cfg.backends) {
+    std::shared_ptr<scores::Dispatch>& d = dispatch_[b.name + '\n' + b.url];
+    if (!d) d = std::make_shared<scores::Dispatch>();
+    dispatch.push_back(d);
+  }
+  g->table = std::make_unique<scores::Table>(cfg.backends.size(), std::move(dispatch));
   g->poller = std::make_unique<poller::Poller>(cfg, g->table.get());
   g->poller->poll_once();  // first requests already know which replicas are up
 
@@ -366,6 +375,10 @@ void Server::reap() {
     changed = true;
   }
   if (changed && cur_) publish();
+  // Dispatch blocks of replicas no live table uses any more.
+  for (auto it = dispatch_.begin(); it != dispatch_.end();) {
+    it = it->second.use_count() == 1 ? dispatch_.erase(it) : std::next(it);
+  }
   // Destroyed here, on the main thread, once no published or in-use Sources
   // holds them (use_count 1 = only this list).
   for (size_t i = 0; i < graveyard_.size();) {

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,6 +32,7 @@
 #include "auth/auth.hpp"
 #include "io/loop.hpp"
 #include "proxy/stats.hpp"
+#include "scores/table.hpp"
 #include "tokenrelay/config.hpp"
 
 namespace tr::server {
@@ -95,6 +97,8 @@ class Server {
   std::vector<std::shared_ptr<Generation>> old_;        // draining
   std::vector<std::shared_ptr<Generation>> graveyard_;  // exited, maybe still read by admin
   std::shared_ptr<proxy::WorkerStats> retired_;         // totals of exited workers
+  // Per replica ("name\nurl"), shared by the tables of every live generation.
+  std::map<std::string, std::shared_ptr<scores::Dispatch>> dispatch_;
   uint64_t reloads_ok_ = 0;
   uint64_t reloads_failed_ = 0;
   double last_reload_ok_unix_ = 0;

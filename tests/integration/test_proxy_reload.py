@@ -363,6 +363,43 @@ def check_admin_answers_from_the_first_moment():
     sim.stop()
 
 
+def check_limits_count_streams_of_the_old_configuration():
+    """max_inflight counts streams still running under the previous
+    configuration: the replica's accounting is shared across the reload."""
+    sim = start_sim("--speed", "1")
+    extra = "[admission]\nmax_queue = 0\n"
+    text = make_config([("s", sim.url)], extra=extra) + "max_inflight = 2\n"
+    with start_proxy(config_text=text) as px:
+        body = ('{"model":"sim-model","prompt":"x","max_tokens":5000,"stream":true,'
+                '"ignore_eos":true}').encode()
+        socks = []
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", px.port))
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                      % (len(body), body))
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            socks.append(s)
+        st, _, _ = http_request(px.port, "POST", "/v1/completions",
+                                {"model": "sim-model", "prompt": "x", "max_tokens": 2})
+        assert st == 429, st
+        rewrite(px, text)
+        reload_and_wait(px, 2)
+        # The new configuration sees the two streams of the old one.
+        st, _, _ = http_request(px.port, "POST", "/v1/completions",
+                                {"model": "sim-model", "prompt": "x", "max_tokens": 2})
+        assert st == 429, st
+        assert metric_value(px.metrics(), "tokenrelay_inflight_requests", backend="s") == 2
+        for s in socks:
+            s.close()
+        wait_until(lambda: metric_value(px.metrics(), "tokenrelay_inflight_requests",
+                                        backend="s") == 0, timeout=10)
+        st, _, _ = http_request(px.port, "POST", "/v1/completions",
+                                {"model": "sim-model", "prompt": "x", "max_tokens": 2})
+        assert st == 200, st
+    sim.stop()
+
+
 if __name__ == "__main__":
     run_checks([
         ("SIGHUP under load, long stream across reloads", check_reload_under_load),
@@ -372,4 +409,5 @@ if __name__ == "__main__":
         ("fresh connections across 30 reloads", check_fresh_connections_across_many_reloads),
         ("draining limit refuses a reload; SIGTERM ends all", check_draining_limit_and_sigterm),
         ("admin endpoint answers from the first moment", check_admin_answers_from_the_first_moment),
+        ("limits count the old configuration's streams", check_limits_count_streams_of_the_old_configuration),
     ])
