@@ -497,6 +497,12 @@ void Poller::poll_once() {
   impl_->poll_once();
 }
 
+void Poller::seed_health(uint32_t i, bool up) {
+  TR_ASSERT(!impl_->thread.joinable() && i < impl_->replicas.size());
+  impl_->replicas[i].state = up ? HealthState::up : HealthState::down;
+  impl_->table->at(i).up.store(up, std::memory_order_relaxed);
+}
+
 void Poller::start() {
   TR_ASSERT(!impl_->thread.joinable());
   impl_->stop_requested.store(false, std::memory_order_relaxed);

@@ -44,6 +44,11 @@ class Poller {
   // concurrently, on the calling thread; returns when all have answered or
   // cfg.poller.timeout_ms has passed. Must not be called while the thread runs.
   void poll_once();
+  // Before poll_once()/start(): replica <i> starts up (or down) instead of
+  // unknown, so rise/fall apply from the first check (a reload seeds the
+  // replicas it keeps from the running configuration; otherwise the first
+  // check decides). Must not be called while the thread runs.
+  void seed_health(uint32_t i, bool up);
   // Starts the thread: health every cfg.poller.health_interval_ms, /v1/models
   // every kModelsIntervalMs from replicas that are up and at once when a
   // replica comes up. Must not be called while the thread runs.

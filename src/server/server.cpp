@@ -12,6 +12,7 @@
 #include <cstring>
 #include <ctime>
 #include <iterator>
+#include <unordered_map>
 #include <utility>
 
 #include "accesslog/accesslog.hpp"
@@ -230,6 +231,19 @@ bool Server::start_generation(Loaded loaded, std::shared_ptr<Generation>* out, s
   }
   g->table = std::make_unique<scores::Table>(cfg.backends.size(), std::move(dispatch));
   g->poller = std::make_unique<poller::Poller>(cfg, g->table.get());
+  if (cur_) {
+    // Replicas the running configuration already checks keep their state:
+    // one slow probe during a reload under load does not take one out.
+    std::unordered_map<std::string, size_t> running;
+    for (size_t j = 0; j < cur_->cfg.backends.size(); ++j)
+      running.emplace(cur_->cfg.backends[j].name + '\n' + cur_->cfg.backends[j].url, j);
+    for (size_t i = 0; i < cfg.backends.size(); ++i) {
+      auto it = running.find(cfg.backends[i].name + '\n' + cfg.backends[i].url);
+      if (it == running.end()) continue;
+      g->poller->seed_health(static_cast<uint32_t>(i),
+                             cur_->table->at(it->second).up.load(std::memory_order_relaxed));
+    }
+  }
   g->poller->poll_once();  // first requests already know which replicas are up
 
   g->shared.cfg = &g->cfg;

@@ -14,7 +14,7 @@ import threading
 import time
 
 from proxytools import start_proxy, run_checks, make_config
-from simtools import (start_sim, stream_chat, http_request, sim_stats, metrics, metric_value,
+from simtools import (start_sim, stream_chat, http_request, sim_stats, sim_config, metric_value,
                       wait_until, build_request, parse_response)
 
 
@@ -400,6 +400,28 @@ def check_limits_count_streams_of_the_old_configuration():
     sim.stop()
 
 
+def check_health_state_carried_across_reload():
+    """A replica the running configuration knows is up stays up through a reload
+    that happens while one health check fails (fall = 3 applies, the first
+    check of the new configuration does not decide alone); one it knows is down
+    needs rise = 2 good checks."""
+    a = start_sim("--speed", "50")
+    b = start_sim("--speed", "50")
+    cfg = make_config([("a", a.url), ("b", b.url)], health_interval_ms=60000)
+    with start_proxy(config_text=cfg) as px:
+        fams = px.metrics()
+        assert metric_value(fams, "tokenrelay_backend_up", backend="a") == 1
+        assert metric_value(fams, "tokenrelay_backend_up", backend="b") == 1
+        sim_config(a.port, health_status=503)
+        rewrite(px, cfg)
+        reload_and_wait(px, 2)
+        fams = px.metrics()
+        assert metric_value(fams, "tokenrelay_backend_up", backend="a") == 1
+        assert metric_value(fams, "tokenrelay_backend_up", backend="b") == 1
+    a.stop()
+    b.stop()
+
+
 if __name__ == "__main__":
     run_checks([
         ("SIGHUP under load, long stream across reloads", check_reload_under_load),
@@ -410,4 +432,5 @@ if __name__ == "__main__":
         ("draining limit refuses a reload; SIGTERM ends all", check_draining_limit_and_sigterm),
         ("admin endpoint answers from the first moment", check_admin_answers_from_the_first_moment),
         ("limits count the old configuration's streams", check_limits_count_streams_of_the_old_configuration),
+        ("health state carried across a reload", check_health_state_carried_across_reload),
     ])
