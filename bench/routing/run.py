@@ -86,7 +86,7 @@ RETRIES = env("RETRIES", 3, int)
 LAG_MAX_MS = env("LAG_MAX_MS", 200, int)
 WAIT_MAX = env("WAIT_MAX", 1200.0, float)
 BUILD = env("BUILD", os.path.join(ROOT, "build"))
-OUT = env("OUT", os.path.join(HERE, "out", time.strftime("%Y%m%d-%H%M%S")))
+OUT = os.path.abspath(env("OUT", os.path.join(HERE, "out", time.strftime("%Y%m%d-%H%M%S"))))  # nginx needs absolute paths
 
 POLICIES = ("latency", "least_requests", "power_of_two", "kv_aware", "round_robin")
 NGINX = {"nginx_least_conn": "least_conn;", "nginx_rr": ""}
