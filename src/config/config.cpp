@@ -101,7 +101,8 @@ struct Key {
   uint64_t max = 0;
   double real_min = 0;  // real: real_min < value <= real_max
   double real_max = 0;
-  bool pow2 = false;  // integer kinds: value must be a power of two
+  bool real_zero_ok = false;  // real: 0 is also accepted (0 = off)
+  bool pow2 = false;          // integer kinds: value must be a power of two
   std::string_view doc;
   // Exactly one target, matching kind (checked by static_assert below).
   Field<uint32_t> u32 = nullptr;
@@ -377,6 +378,17 @@ constexpr Key kKeys[] = {
      .real_max = 1000,
      .doc = "latency policy: score = predicted completion + ttft_weight x predicted TTFT.",
      .real = TR_CFG(double, routing.ttft_weight)},
+    {.section = S::routing,
+     .name = "imposed_weight",
+     .kind = K::real,
+     .default_text = "0",
+     .real_min = 0,
+     .real_max = 1000,
+     .real_zero_ok = true,
+     .doc = "latency policy: also add imposed_weight x the delay the request would add to the "
+            "requests already running there (1 = aim at the mean over all requests, 0 = each "
+            "request's own completion only).",
+     .real = TR_CFG(double, routing.imposed_weight)},
     {.section = S::routing,
      .name = "sample_above",
      .kind = K::u32,
@@ -671,7 +683,8 @@ std::string bounds_text(const Key& k) {
       s = format_size(k.min) + ".." + format_size(k.max);
       break;
     case Kind::real:
-      s = "> " + format_real(k.real_min) + " and <= " + format_real(k.real_max);
+      s = (k.real_zero_ok ? "0, or > " : "> ") + format_real(k.real_min) +
+          " and <= " + format_real(k.real_max);
       break;
     case Kind::io_mode:
       s = "auto, io_uring or epoll";
@@ -865,7 +878,8 @@ bool apply_value(const Key& k, std::string_view text, Config& c, BackendConfig& 
     }
     case Kind::real: {
       double v = 0;
-      if (!parse_real(text, &v) || !(v > k.real_min && v <= k.real_max)) break;
+      if (!parse_real(text, &v)) break;
+      if (!(v > k.real_min && v <= k.real_max) && !(k.real_zero_ok && v == 0)) break;
       *k.real(c, b) = v;
       return true;
     }

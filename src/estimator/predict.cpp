@@ -58,11 +58,18 @@ Prediction predict(const ReplicaLoad& r, const RequestCost& q) {
   const double batch = std::min(running + waiting + 1, seqs);
   const double decode_s = (output - 1) * (base + per_token * batch);
 
+  // What joining costs the requests already running there.
+  const double remaining_all = clean_amount(r.decode_tokens_remaining);
+  const double mean_left =
+      decodes >= 1 && remaining_all > 0 ? remaining_all / decodes : kSlotWaitDefaultRemainingTokens;
+  const double imposed_s = per_token * decodes * (prompt + std::min(output, mean_left));
+
   const double kv = kv_penalty(r.kv_usage);
   const double first_s = slot_wait_s + prefill_s;
   Prediction p;
   p.ttft_s = first_s * (1.0 + kKvTtftShare * (kv - 1.0));
   p.completion_s = (first_s + decode_s) * kv;
+  p.imposed_s = imposed_s;
   return p;
 }
 

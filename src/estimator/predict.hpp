@@ -46,6 +46,16 @@
 //   completion_s = (slot_wait_s + prefill_s + decode_s) * kv_penalty
 // so ttft_s <= completion_s always.
 //
+// Delay imposed on others. Routing each request to its own soonest completion
+// overloads fast replicas (every request ignores what it costs the requests
+// already there). What joining costs them: each of our prompt tokens lengthens
+// a step that the D running requests wait on, and each of our decode steps
+// lengthens theirs by per_token for as long as both run:
+//   imposed_s = per_token * D * (p + min(o, m))
+// (m as in the slot wait). The latency policy can add it to its score
+// ([routing] imposed_weight): the sum over requests of own completion plus
+// imposed delay is what the mean end-to-end latency measures.
+//
 // Inputs are sanitized, never trusted: NaN or negative counts read as 0, huge
 // ones are capped at kLoadMax; budget or max_num_seqs 0 read as the defaults;
 // a NaN or negative calibration reads as the default prior, a huge one is
@@ -93,6 +103,7 @@ struct RequestCost {
 struct Prediction {
   double ttft_s = 0;        // time to the first token
   double completion_s = 0;  // time to the last token (>= ttft_s)
+  double imposed_s = 0;     // delay added to the requests running there, summed over them
 };
 
 // Predicts when <q> would get its first and last token on <r>, from now.

@@ -131,6 +131,7 @@ Worker::Worker(Shared* shared, const WorkerOptions& opt)
   const RoutingConfig& rc = shared->cfg->routing;
   if (!routing::parse_policy(rc.policy, &po.kind)) po.kind = routing::PolicyKind::latency;
   po.ttft_weight = rc.ttft_weight;
+  po.imposed_weight = rc.imposed_weight;
   po.sample_above = rc.sample_above;
   po.sample_size = rc.sample_size;
   po.seed = (static_cast<uint64_t>(opt.index) + 1) * 0x9e3779b97f4a7c15ull ^

@@ -150,7 +150,8 @@ class KvAware final : public ScoringPolicy {
   }
 };
 
-// Minimum predicted completion, TTFT weighted: score = completion + w * ttft.
+// Minimum predicted completion, TTFT weighted: score = completion + w * ttft
+// (+ imposed_weight * the delay the request adds to those already running).
 class Latency final : public ScoringPolicy {
  public:
   using ScoringPolicy::ScoringPolicy;
@@ -160,7 +161,7 @@ class Latency final : public ScoringPolicy {
   double score(const RouteRequest& req, const ReplicaView& v) override {
     estimator::Prediction p = estimator::predict(v.load, req.cost);
     last_ = p;
-    double s = p.completion_s + opt_.ttft_weight * p.ttft_s;
+    double s = p.completion_s + opt_.ttft_weight * p.ttft_s + opt_.imposed_weight * p.imposed_s;
     // A heavier replica is a faster one: divide its predicted time.
     s = per_weight(s, v.weight);
     return std::isfinite(s) ? s : 1e18;

@@ -538,6 +538,20 @@ TEST_CASE("weight bounds", "[config]") {
     CHECK(e.line == 3);
     CHECK(e.message.find("expected a number > 0 and <= 1000") != std::string::npos);
   }
+  // A real that may also be 0 (off).
+  auto imposed = [](const std::string& v) {
+    return load_ok("[routing]\nimposed_weight = " + v + "\n[backend a]\nurl = http://127.0.0.1:1\n")
+        .routing.imposed_weight;
+  };
+  CHECK(imposed("0") == 0.0);
+  CHECK(imposed("1") == 1.0);
+  for (const char* bad : {"-1", "-0.5", "1001", "nan"}) {
+    INFO("value: " << bad);
+    Error e = load_error(std::string("[routing]\nimposed_weight = ") + bad +
+                         "\n[backend a]\nurl = http://127.0.0.1:1\n");
+    CHECK(e.line == 2);
+    CHECK(e.message.find("expected a number 0, or > 0 and <= 1000") != std::string::npos);
+  }
 }
 
 TEST_CASE("backend url", "[config]") {
@@ -670,6 +684,7 @@ TEST_CASE("reference_markdown mentions every key", "[config]") {
       {"[upstream]", "max_attempts"},
       {"[routing]", "policy"},
       {"[routing]", "ttft_weight"},
+      {"[routing]", "imposed_weight"},
       {"[routing]", "sample_above"},
       {"[routing]", "sample_size"},
       {"[eject]", "failures"},

@@ -71,6 +71,27 @@ TEST_CASE("idle replica: TTFT is one step of the prompt", "[estimator][predict]"
   CHECK(one.completion_s == Approx(one.ttft_s));
 }
 
+TEST_CASE("imposed delay: what joining costs the requests already running",
+          "[estimator][predict]") {
+  ReplicaLoad r;  // b = 40 us per token
+  // Idle: nobody to delay.
+  CHECK(predict(r, {1000, 100}).imposed_s == 0);
+  // 50 running with 4,000 output tokens left between them (m = 80):
+  // imposed = b * D * (p + min(o, m)) = 40e-6 * 50 * (1000 + 80) = 2.16 s
+  r.running = 50;
+  r.decode_tokens_remaining = 4000;
+  CHECK(predict(r, {1000, 100}).imposed_s == Approx(2.16));
+  // A short output delays them for its own length only: 40e-6 * 50 * (1000 + 20) = 2.04 s
+  CHECK(predict(r, {1000, 20}).imposed_s == Approx(2.04));
+  // Twice the per-token cost, twice the delay; and it grows with the batch.
+  ReplicaLoad slow = r;
+  slow.step_per_token_s = 80e-6;
+  CHECK(predict(slow, {1000, 100}).imposed_s == Approx(4.32));
+  r.running = 100;
+  r.decode_tokens_remaining = 8000;
+  CHECK(predict(r, {1000, 100}).imposed_s == Approx(4.32));
+}
+
 TEST_CASE("a 30k-token prefill ahead delays a short request by ~30000/C full steps",
           "[estimator][predict]") {
   ReplicaLoad r;
