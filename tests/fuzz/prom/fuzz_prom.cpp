@@ -135,6 +135,8 @@ tr::EngineMetrics reference_vllm(std::string_view text) {
       {"vllm:time_per_output_token_seconds_count"},
       {"vllm:e2e_request_latency_seconds_sum"},
       {"vllm:e2e_request_latency_seconds_count"},
+      {"vllm:iteration_tokens_total_sum"},
+      {"vllm:iteration_tokens_total_count"},
   };
   tr::EngineMetrics m;
   std::set<std::string_view> engines;
@@ -195,6 +197,7 @@ tr::EngineMetrics reference_vllm(std::string_view text) {
   hist(10, &m.ttft);
   if (!hist(12, &m.itl)) hist(14, &m.itl);
   hist(16, &m.e2e);
+  hist(18, &m.iteration_tokens);
   m.block_size = block_size <= UINT32_MAX ? static_cast<uint32_t>(block_size) : 0;
   return m;
 }
@@ -211,9 +214,9 @@ void check_same(const tr::EngineMetrics& a, const tr::EngineMetrics& b) {
   FUZZ_CHECK(same_double(a.generation_tokens, b.generation_tokens));
   FUZZ_CHECK(same_double(a.preemptions, b.preemptions));
   FUZZ_CHECK(same_double(a.requests_finished, b.requests_finished));
-  const tr::HistogramTotals* ha[] = {&a.ttft, &a.itl, &a.e2e};
-  const tr::HistogramTotals* hb[] = {&b.ttft, &b.itl, &b.e2e};
-  for (size_t i = 0; i < 3; ++i) {
+  const tr::HistogramTotals* ha[] = {&a.ttft, &a.itl, &a.e2e, &a.iteration_tokens};
+  const tr::HistogramTotals* hb[] = {&b.ttft, &b.itl, &b.e2e, &b.iteration_tokens};
+  for (size_t i = 0; i < 4; ++i) {
     FUZZ_CHECK(ha[i]->present == hb[i]->present);
     FUZZ_CHECK(same_double(ha[i]->sum, hb[i]->sum));
     FUZZ_CHECK(same_double(ha[i]->count, hb[i]->count));
