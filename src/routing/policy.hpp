@@ -62,10 +62,10 @@ enum class PolicyKind { round_robin, least_requests, power_of_two, kv_aware, lat
 
 struct PolicyOptions {
   PolicyKind kind = PolicyKind::latency;
-  double ttft_weight = 1.0;    // latency: score = completion + ttft_weight * ttft
+  double ttft_weight = 1.0;     // latency: score = completion + ttft_weight * ttft
   double imposed_weight = 0.3;  // ... + imposed_weight * delay imposed on running requests
-  uint32_t sample_above = 16;  // evaluate a sample when there are more replicas than this
-  uint32_t sample_size = 12;   // how many replicas the sample holds
+  uint32_t sample_above = 16;   // evaluate a sample when there are more replicas than this
+  uint32_t sample_size = 12;    // how many replicas the sample holds
   uint64_t seed = 1;
 };
 
