@@ -28,50 +28,7 @@
 #include "poller/vllm_metrics.hpp"
 #include "tokenrelay/engine_metrics.hpp"
 
-// ---------------------------------------------------------------------------
-// Allocation counter: this binary's operator new (every non-aligned form,
-// so none is paired with another allocator's delete, which ASan would catch)
-// counts while g_counting is set, so a test can prove a parse allocates nothing.
-namespace {
-std::atomic<bool> g_counting{false};
-std::atomic<size_t> g_allocs{0};
-}  // namespace
-
-// noinline: GCC 12 otherwise sees free() meet a pointer from operator new once
-// both are inlined into a caller, and warns (-Wmismatched-new-delete).
-[[gnu::noinline]] void* operator new(size_t n) {
-  if (g_counting.load(std::memory_order_relaxed)) g_allocs.fetch_add(1);
-  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-  throw std::bad_alloc();
-}
-[[gnu::noinline]] void* operator new[](size_t n) {
-  return operator new(n);
-}
-[[gnu::noinline]] void* operator new(size_t n, const std::nothrow_t&) noexcept {
-  if (g_counting.load(std::memory_order_relaxed)) g_allocs.fetch_add(1);
-  return std::malloc(n == 0 ? 1 : n);
-}
-[[gnu::noinline]] void* operator new[](size_t n, const std::nothrow_t& t) noexcept {
-  return operator new(n, t);
-}
-[[gnu::noinline]] void operator delete(void* p) noexcept {
-  std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p) noexcept {
-  std::free(p);
-}
-[[gnu::noinline]] void operator delete(void* p, size_t) noexcept {
-  std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p, size_t) noexcept {
-  std::free(p);
-}
-[[gnu::noinline]] void operator delete(void* p, const std::nothrow_t&) noexcept {
-  std::free(p);
-}
-[[gnu::noinline]] void operator delete[](void* p, const std::nothrow_t&) noexcept {
-  std::free(p);
-}
+#include "alloc_counter.hpp"
 
 namespace {
 
@@ -333,18 +290,17 @@ TEST_CASE("parsing allocates nothing", "[prom]") {
   const std::string text = read_fixture("vllm_v1_2engines.prom");
   EngineMetrics m;
   double total = 0;
-  g_allocs = 0;
-  g_counting = true;
+  const uint64_t before = g_allocations;
   const bool found = parse_vllm_metrics(text, &m);
   const size_t malformed = parse_prometheus(text, [&](const PromSample& s) {
     total += s.value;
     (void)s.label("engine");
   });
-  g_counting = false;
+  const uint64_t allocations = g_allocations - before;
   CHECK(found);
   CHECK(malformed == 0);
   CHECK(total > 0);
-  CHECK(g_allocs.load() == 0);
+  CHECK(allocations == 0);
 }
 
 // ---------------------------------------------------------------------------
