@@ -44,13 +44,15 @@ Prediction predict(const ReplicaLoad& r, const RequestCost& q) {
   const double steps = std::max(1.0, std::ceil(prefill / chunk));
   const double prefill_s = steps * (base + per_token * decodes) + per_token * prefill;
 
+  // Output still to come per running request (slot wait, imposed delay).
+  const double remaining = clean_amount(r.decode_tokens_remaining);
+  const double mean_remaining =
+      decodes >= 1 && remaining > 0 ? remaining / decodes : kSlotWaitDefaultRemainingTokens;
+
   // Slot wait when the engine is at max_num_seqs.
   double slot_wait_s = 0;
   if (running + waiting >= seqs) {
     const double excess = running + waiting + 1 - seqs;
-    const double remaining = clean_amount(r.decode_tokens_remaining);
-    const double mean_remaining =
-        decodes >= 1 && remaining > 0 ? remaining / decodes : kSlotWaitDefaultRemainingTokens;
     slot_wait_s = excess * mean_remaining / seqs * (base + per_token * seqs);
   }
 
@@ -59,10 +61,7 @@ Prediction predict(const ReplicaLoad& r, const RequestCost& q) {
   const double decode_s = (output - 1) * (base + per_token * batch);
 
   // What joining costs the requests already running there.
-  const double remaining_all = clean_amount(r.decode_tokens_remaining);
-  const double mean_left =
-      decodes >= 1 && remaining_all > 0 ? remaining_all / decodes : kSlotWaitDefaultRemainingTokens;
-  const double imposed_s = per_token * decodes * (prompt + std::min(output, mean_left));
+  const double imposed_s = per_token * decodes * (prompt + std::min(output, mean_remaining));
 
   const double kv = kv_penalty(r.kv_usage);
   const double first_s = slot_wait_s + prefill_s;

@@ -103,6 +103,11 @@ int bind_listener(SockAddr* addr, std::string* err) {
   return fd;
 }
 
+// One replica across configurations: same name and same URL.
+std::string replica_key(const BackendConfig& b) {
+  return b.name + '\n' + b.url;
+}
+
 std::string addr_text(const SockAddr& a) {
   char host[INET6_ADDRSTRLEN] = "?";
   if (a.storage.ss_family == AF_INET6) {
@@ -225,7 +230,7 @@ bool Server::start_generation(Loaded loaded, std::shared_ptr<Generation>* out, s
   // dispatch accounting and passive-health state across the reload.
   std::vector<std::shared_ptr<scores::Dispatch>> dispatch;
   for (const BackendConfig& b : cfg.backends) {
-    std::shared_ptr<scores::Dispatch>& d = dispatch_[b.name + '\n' + b.url];
+    std::shared_ptr<scores::Dispatch>& d = dispatch_[replica_key(b)];
     if (!d) d = std::make_shared<scores::Dispatch>();
     dispatch.push_back(d);
   }
@@ -236,9 +241,9 @@ bool Server::start_generation(Loaded loaded, std::shared_ptr<Generation>* out, s
     // one slow probe during a reload under load does not take one out.
     std::unordered_map<std::string, size_t> running;
     for (size_t j = 0; j < cur_->cfg.backends.size(); ++j)
-      running.emplace(cur_->cfg.backends[j].name + '\n' + cur_->cfg.backends[j].url, j);
+      running.emplace(replica_key(cur_->cfg.backends[j]), j);
     for (size_t i = 0; i < cfg.backends.size(); ++i) {
-      auto it = running.find(cfg.backends[i].name + '\n' + cfg.backends[i].url);
+      auto it = running.find(replica_key(cfg.backends[i]));
       if (it == running.end()) continue;
       g->poller->seed_health(static_cast<uint32_t>(i),
                              cur_->table->at(it->second).up.load(std::memory_order_relaxed));
