@@ -437,7 +437,7 @@ class Metrics(unittest.TestCase):
             self.assertIn('num_gpu_blocks="1234"', text)
             fams = parse_prometheus(text)
             check_exposition(self, fams, engines=2)
-            # Round-robin: both engines served two requests of 5 tokens.
+            # Idle engines take turns: both served two requests of 5 tokens.
             for e in ("0", "1"):
                 self.assertEqual(metric_value(fams, "vllm:generation_tokens_total", engine=e),
                                  10)
@@ -585,6 +585,213 @@ class Faults(unittest.TestCase):
             self.assertTrue(fast.complete and slow.complete)
             e2e = metric_value(metrics(sim.port), "vllm:e2e_request_latency_seconds_sum")
             self.assertGreater(e2e, 10 * 0.008 / 2 * 0.8)
+
+
+LORA = ("--lora-modules", "sql=/adapters/sql", "chat=/adapters/chat")
+
+
+def lora_info(port):
+    """The vllm:lora_requests_info samples as [(labels dict, value)], checking
+    that their label names are sorted."""
+    fam = metrics(port)["vllm:lora_requests_info"]
+    out = []
+    for name, labels, value in fam.samples:
+        assert name == "vllm:lora_requests_info", name
+        keys = [k for k, _ in labels]
+        assert keys == sorted(keys), keys
+        out.append((dict(labels), value))
+    return out
+
+
+def gauge_by_engine(fams, name):
+    """{engine label: value} of a per-engine gauge."""
+    return {dict(labels)["engine"]: value for _, labels, value in fams[name].samples}
+
+
+def read_available(sock):
+    """The bytes <sock> holds right now, without waiting (b"" when none)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536)
+    except BlockingIOError:
+        return b""
+    finally:
+        sock.setblocking(True)
+
+
+class OutputLengths(unittest.TestCase):
+    PROMPTS = ["Tell me about caching.", "Why is the sky blue?", "Write a haiku on queues.",
+               "Summarize chunked prefill.", "List three prime numbers.", "Hello there."]
+
+    def test_natural_length_follows_the_prompt_not_the_request_id(self):
+        flags = (*FAST, "--output-len-mean", "12")
+        lengths = {}
+        with start_sim(*flags) as sim, start_sim(*flags) as other:
+            for i, prompt in enumerate(self.PROMPTS):
+                a = stream_completion(sim.port, prompt=prompt, max_tokens=1000, ignore_eos=False,
+                                      headers={"X-Request-Id": "front-a-%d" % i})
+                b = stream_completion(other.port, prompt=prompt, max_tokens=1000,
+                                      ignore_eos=False, headers={"X-Request-Id": "front-b-%d" % i})
+                n = len(a.tokens())
+                self.assertEqual(len(b.tokens()), n, prompt)
+                self.assertEqual(a.finish_reason(), "stop")
+                self.assertNotEqual(a.tokens(), b.tokens())  # the text still follows the id
+                lengths[prompt] = n
+                # A cap below the natural length ends the request with "length";
+                # ignore_eos still runs to the cap exactly.
+                capped = stream_completion(sim.port, prompt=prompt, max_tokens=max(n - 1, 1),
+                                           ignore_eos=False)
+                self.assertEqual(len(capped.tokens()), max(n - 1, 1))
+                self.assertEqual(capped.finish_reason(), "length" if n > 1 else "stop")
+                forced = stream_completion(sim.port, prompt=prompt, max_tokens=n + 5,
+                                           ignore_eos=True)
+                self.assertEqual(len(forced.tokens()), n + 5)
+            chat = [stream_chat(sim.port, max_tokens=500, ignore_eos=False,
+                                headers={"X-Request-Id": "chat-%d" % i}) for i in range(2)]
+            self.assertEqual(len(chat[0].tokens()), len(chat[1].tokens()))
+        self.assertGreater(len(set(lengths.values())), 1, "lengths should vary between prompts")
+
+
+class Lora(unittest.TestCase):
+    def test_models_lists_adapters_after_the_base_models(self):
+        with start_sim(*FAST, "--model", "base", "--model", "alias", *LORA) as sim:
+            status, obj = http_json(sim.port, "GET", "/v1/models")
+            self.assertEqual(status, 200)
+            self.assertEqual([m["id"] for m in obj["data"]], ["base", "alias", "sql", "chat"])
+            base, card = obj["data"][0], obj["data"][2]
+            self.assertEqual(list(card), list(base))
+            self.assertEqual((card["root"], card["parent"], card["max_model_len"]),
+                             ("/adapters/sql", "base", None))
+            self.assertEqual(card["object"], "model")
+            self.assertEqual(card["permission"][0]["object"], "model_permission")
+            status, obj = http_json(sim.port, "POST", "/v1/chat/completions",
+                                    dict(chat_body(), model="chat"))
+            self.assertEqual(status, 200, obj)
+            self.assertEqual(obj["model"], "chat")
+            status, _ = http_json(sim.port, "POST", "/v1/chat/completions",
+                                  dict(chat_body(), model="/adapters/sql"))
+            self.assertEqual(status, 404)
+
+    def test_requests_info_names_running_and_waiting_adapters(self):
+        with start_sim("--speed", "1", "--created", "1", "--max-loras", "1", *LORA) as sim:
+            self.assertEqual(lora_info(sim.port)[0][0],
+                             {"engine": "0", "max_lora": "1", "running_lora_adapters": "",
+                              "waiting_lora_adapters": ""})
+            body = chat_body(max_tokens=4000, stream=True, ignore_eos=True)
+            sql = open_stream(sim.port, dict(body, model="sql"))
+            wait_until(lambda: sim_stats(sim.port)["running"] == 1)
+            # One adapter per batch: "chat" waits while "sql" runs; the base
+            # model needs no adapter slot and runs next to it.
+            chat = open_stream(sim.port, dict(body, model="chat"))
+            base = open_stream(sim.port, body)
+            st = wait_until(lambda: (lambda s: s if s["running"] == 2 and s["waiting"] == 1
+                                     else None)(sim_stats(sim.port)))
+            self.assertEqual(st["requests_received"], 3)
+            (labels, value), = lora_info(sim.port)
+            self.assertEqual((labels["running_lora_adapters"], labels["waiting_lora_adapters"]),
+                             ("sql", "chat"))
+            self.assertGreater(value, 1.6e9)  # a unix time stamp, as set_to_current_time()
+            self.assertEqual(metric_value(metrics(sim.port), "vllm_sim:lora_loads_total"), 1)
+            sql.close()
+            wait_until(lambda: lora_info(sim.port)[0][0]["running_lora_adapters"] == "chat")
+            self.assertEqual(lora_info(sim.port)[0][0]["waiting_lora_adapters"], "")
+            chat.close()
+            base.close()
+            wait_until(lambda: sim_stats(sim.port)["requests_aborted"] == 3)
+            self.assertEqual(lora_info(sim.port)[0][0]["running_lora_adapters"], "")
+
+    def test_no_lora_metrics_without_adapters(self):
+        fams = metrics(SIM.port)
+        self.assertNotIn("vllm:lora_requests_info", fams)
+        self.assertNotIn("vllm_sim:lora_loads", fams)
+
+
+class Priority(unittest.TestCase):
+    def test_nonzero_priority_needs_the_priority_policy(self):
+        status, obj = http_json(SIM.port, "POST", "/v1/chat/completions",
+                                chat_body(priority=3))
+        self.assertEqual(status, 400)
+        self.assertEqual(obj["error"]["type"], "BadRequestError")
+        self.assertEqual(obj["error"]["message"],
+                         "Got priority 3 but Priority scheduling is not enabled.")
+        status, _ = http_json(SIM.port, "POST", "/v1/chat/completions", chat_body(priority=0))
+        self.assertEqual(status, 200)
+        status, obj = http_json(SIM.port, "POST", "/v1/completions",
+                                {"prompt": "x", "priority": "high"})
+        self.assertEqual(status, 400)
+        with start_sim(*FAST, "--scheduling-policy", "priority") as sim:
+            status, _ = http_json(sim.port, "POST", "/v1/chat/completions",
+                                  chat_body(priority=-2))
+            self.assertEqual(status, 200)
+
+    def test_waiting_requests_run_by_priority(self):
+        with start_sim("--speed", "1", "--created", "1", "--max-num-seqs", "1",
+                       "--scheduling-policy", "priority") as sim:
+            body = chat_body(max_tokens=4000, stream=True, ignore_eos=True)
+            first = open_stream(sim.port, body)
+            wait_until(lambda: sim_stats(sim.port)["running"] == 1)
+            low = open_stream(sim.port, dict(body, priority=5))
+            high = open_stream(sim.port, dict(body, priority=-1))
+            wait_until(lambda: sim_stats(sim.port)["waiting"] == 2)
+            first.close()
+            # The later but more urgent request runs; the other keeps waiting
+            # (its stream has the response head only).
+            high.settimeout(10)
+            self.assertIn(b"data: ", high.recv(65536))
+            wait_until(lambda: (lambda s: s["running"] == 1 and s["waiting"] == 1)(
+                sim_stats(sim.port)))
+            self.assertEqual(read_available(low), b"")
+            low.close()
+            high.close()
+
+
+class DataParallel(unittest.TestCase):
+    def test_per_engine_gauges_and_least_loaded_assignment(self):
+        with start_sim("--engines", "2", "--speed", "1", "--created", "1", *LORA) as sim:
+            fams = metrics(sim.port)
+            for name in ("vllm:num_requests_running", "vllm:num_requests_waiting",
+                         "vllm:kv_cache_usage_perc", "vllm:lora_requests_info"):
+                self.assertEqual(sorted(gauge_by_engine(fams, name)), ["0", "1"], name)
+            body = chat_body(max_tokens=4000, stream=True, ignore_eos=True)
+            # Idle engines take turns: the first stream goes to engine 0, a
+            # short request to engine 1.
+            long_sql = open_stream(sim.port, dict(body, model="sql"))
+            wait_until(lambda: gauge_by_engine(metrics(sim.port),
+                                               "vllm:num_requests_running")["0"] == 1)
+            status, _ = http_json(sim.port, "POST", "/v1/chat/completions", chat_body())
+            self.assertEqual(status, 200)
+            fams = metrics(sim.port)
+            self.assertEqual(metric_value(fams, "vllm:request_success_total", engine="1"), 1)
+            # Round-robin would now pick engine 0; the least loaded is engine 1
+            # (waiting * 4 + running: 1 against 0).
+            long_base = open_stream(sim.port, body)
+            running = wait_until(lambda: (lambda g: g if sum(g.values()) == 2 else None)(
+                gauge_by_engine(metrics(sim.port), "vllm:num_requests_running")))
+            self.assertEqual(running, {"0": 1, "1": 1})
+            info = {labels["engine"]: labels for labels, _ in lora_info(sim.port)}
+            self.assertEqual(info["0"]["running_lora_adapters"], "sql")
+            self.assertEqual(info["1"]["running_lora_adapters"], "")
+            long_sql.close()
+            long_base.close()
+
+
+class NewFlags(unittest.TestCase):
+    def test_bad_values_exit_2(self):
+        for args in (["--scheduling-policy", "lifo"], ["--lora-modules", "noequals"],
+                     ["--lora-modules", "=path"], ["--lora-modules", "sim-model=/x"],
+                     ["--lora-modules", "a=/x", "a=/y"], ["--max-loras", "2",
+                                                          "--max-cpu-loras", "1"],
+                     ["--output-len-sigma", "-1"]):
+            p = subprocess.run([sim_binary()] + args, capture_output=True, timeout=10)
+            self.assertEqual(p.returncode, 2, args)
+            self.assertIn(b"vllm-sim", p.stderr)
+
+    def test_lora_modules_take_several_values_and_repeat(self):
+        with start_sim(*FAST, "--lora-modules", "a=/a", "b=/b", "--lora-modules", "c=/c",
+                       "--max-loras", "2") as sim:
+            status, obj = http_json(sim.port, "GET", "/v1/models")
+            self.assertEqual([m["id"] for m in obj["data"]], ["sim-model", "a", "b", "c"])
+            self.assertEqual(lora_info(sim.port)[0][0]["max_lora"], "2")
 
 
 class Cli(unittest.TestCase):

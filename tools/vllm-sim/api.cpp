@@ -232,6 +232,11 @@ bool parse_inference_request(od::parser* parser, Endpoint ep, std::string* body,
       req->model.assign(m);
     } else if (key == "stream") {
       if (!read_opt_bool(v, &req->stream)) return bad(err, "'stream' must be a boolean");
+    } else if (key == "priority") {
+      bool have_priority = false;
+      if (!read_opt_int(v, &req->priority, &have_priority)) {
+        return bad(err, "'priority' must be an integer");
+      }
     } else if (key == "ignore_eos") {
       if (!read_opt_bool(v, &req->ignore_eos)) return bad(err, "'ignore_eos' must be a boolean");
     } else if (key == "max_tokens") {
@@ -349,34 +354,62 @@ void append_full_body(std::string* out, Endpoint ep, std::string_view head,
   }
 }
 
-void append_models_body(std::string* out, const std::vector<std::string>& models, int64_t created,
-                        uint32_t max_model_len, uint64_t seed) {
-  out->append("{\"object\":\"list\",\"data\":[");
+namespace {
+
+// One ModelCard. A base model card has max_model_len and no parent; an
+// adapter card has a parent and max_model_len null, as vLLM's
+// show_available_models() builds them.
+void append_model_card(std::string* out, std::string_view id, std::string_view root,
+                       std::string_view parent, uint32_t max_model_len, int64_t created,
+                       uint64_t seed) {
   char buf[96];
+  out->append("{\"id\":\"");
+  json_escape_append(out, id);
+  int n = std::snprintf(buf, sizeof buf, "\",\"object\":\"model\",\"created\":%" PRId64, created);
+  out->append(buf, n);
+  out->append(",\"owned_by\":\"vllm\",\"root\":\"");
+  json_escape_append(out, root);
+  if (parent.empty()) {
+    out->append("\",\"parent\":null");
+  } else {
+    out->append("\",\"parent\":\"");
+    json_escape_append(out, parent);
+    out->push_back('"');
+  }
+  if (max_model_len > 0) {
+    n = std::snprintf(buf, sizeof buf, ",\"max_model_len\":%u", max_model_len);
+    out->append(buf, n);
+  } else {
+    out->append(",\"max_model_len\":null");
+  }
+  const uint64_t h1 = hash_bytes(id.data(), id.size(), seed);
+  const uint64_t h2 = mix64(h1);
+  n = std::snprintf(buf, sizeof buf,
+                    ",\"permission\":[{\"id\":\"modelperm-%016" PRIx64 "%016" PRIx64 "\"", h1, h2);
+  out->append(buf, n);
+  n = std::snprintf(buf, sizeof buf, ",\"object\":\"model_permission\",\"created\":%" PRId64,
+                    created);
+  out->append(buf, n);
+  out->append(
+      ",\"allow_create_engine\":false,\"allow_sampling\":true,\"allow_logprobs\":true,"
+      "\"allow_search_indices\":false,\"allow_view\":true,\"allow_fine_tuning\":false,"
+      "\"organization\":\"*\",\"group\":null,\"is_blocking\":false}]}");
+}
+
+}  // namespace
+
+void append_models_body(std::string* out, const std::vector<std::string>& models,
+                        const std::vector<LoraModule>& adapters, int64_t created,
+                        uint32_t max_model_len, uint64_t seed) {
+  TR_ASSERT(!models.empty());
+  out->append("{\"object\":\"list\",\"data\":[");
   for (size_t i = 0; i < models.size(); ++i) {
-    const std::string& m = models[i];
     if (i > 0) out->push_back(',');
-    out->append("{\"id\":\"");
-    json_escape_append(out, m);
-    int n = std::snprintf(buf, sizeof buf, "\",\"object\":\"model\",\"created\":%" PRId64, created);
-    out->append(buf, n);
-    out->append(",\"owned_by\":\"vllm\",\"root\":\"");
-    json_escape_append(out, m);
-    n = std::snprintf(buf, sizeof buf, "\",\"parent\":null,\"max_model_len\":%u", max_model_len);
-    out->append(buf, n);
-    const uint64_t h1 = hash_bytes(m.data(), m.size(), seed);
-    const uint64_t h2 = mix64(h1);
-    n = std::snprintf(buf, sizeof buf,
-                      ",\"permission\":[{\"id\":\"modelperm-%016" PRIx64 "%016" PRIx64 "\"", h1,
-                      h2);
-    out->append(buf, n);
-    n = std::snprintf(buf, sizeof buf, ",\"object\":\"model_permission\",\"created\":%" PRId64,
-                      created);
-    out->append(buf, n);
-    out->append(
-        ",\"allow_create_engine\":false,\"allow_sampling\":true,\"allow_logprobs\":true,"
-        "\"allow_search_indices\":false,\"allow_view\":true,\"allow_fine_tuning\":false,"
-        "\"organization\":\"*\",\"group\":null,\"is_blocking\":false}]}");
+    append_model_card(out, models[i], models[i], "", max_model_len, created, seed);
+  }
+  for (const LoraModule& a : adapters) {
+    out->push_back(',');
+    append_model_card(out, a.name, a.path, models.front(), 0, created, seed);
   }
   out->append("]}");
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "metrics.hpp"
+#include "options.hpp"
 
 namespace tr::sim {
 
@@ -29,6 +30,7 @@ struct InferenceRequest {
   bool include_usage = false;  // stream_options.include_usage
   bool ignore_eos = false;
   int64_t max_tokens = -1;    // max_completion_tokens, else max_tokens; -1 = absent
+  int64_t priority = 0;       // lower is served first; nonzero needs the priority policy
   uint64_t prompt_chars = 0;  // UTF-8 code points of the prompt text
   uint32_t prompt_ids = 0;    // token ids given directly (completions)
   uint32_t messages = 0;      // chat messages
@@ -77,8 +79,10 @@ void append_full_body(std::string* out, Endpoint ep, std::string_view head,
                       std::string_view escaped_text, FinishReason reason, uint32_t prompt,
                       uint32_t completion);
 
-// Appends the /v1/models body.
-void append_models_body(std::string* out, const std::vector<std::string>& models, int64_t created,
+// Appends the /v1/models body: a card per base model, then one per adapter
+// (its parent is the first base model, as in vLLM).
+void append_models_body(std::string* out, const std::vector<std::string>& models,
+                        const std::vector<LoraModule>& adapters, int64_t created,
                         uint32_t max_model_len, uint64_t seed);
 
 }  // namespace tr::sim

@@ -1,6 +1,7 @@
 #include "engine.hpp"
 
 #include <algorithm>
+#include <tuple>
 
 #include "core/assert.hpp"
 
@@ -29,7 +30,54 @@ void Engine::submit(Seq* seq, int64_t now_ns) {
   TR_ASSERT(seq->target_tokens <= seq->max_tokens);
   seq->state = Seq::State::waiting;
   seq->arrival_ns = now_ns;
-  waiting_.push_back(seq);
+  seq->arrival_seq = next_arrival_seq_++;
+  enqueue_waiting(seq, false);
+}
+
+namespace {
+
+// The priority policy's order: (priority, arrival), lower first, as vLLM's
+// Request.__lt__; submit order breaks arrival-time ties.
+bool served_before(const Seq* a, const Seq* b) {
+  return std::tie(a->priority, a->arrival_ns, a->arrival_seq) <
+         std::tie(b->priority, b->arrival_ns, b->arrival_seq);
+}
+
+bool contains(const std::vector<uint32_t>& ids, uint32_t id) {
+  return std::find(ids.begin(), ids.end(), id) != ids.end();
+}
+
+std::vector<uint32_t> distinct_loras(const auto& seqs) {
+  std::vector<uint32_t> ids;
+  for (const Seq* s : seqs) {
+    if (s->lora != 0 && !contains(ids, s->lora)) ids.push_back(s->lora);
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+}  // namespace
+
+// FCFS: new requests at the back, preempted ones at the front (they resume
+// first). Priority: both by (priority, arrival), as vLLM's heap orders them.
+void Engine::enqueue_waiting(Seq* seq, bool preempted) {
+  if (cfg_.policy == SchedulingPolicy::fcfs) {
+    if (preempted) {
+      waiting_.push_front(seq);
+    } else {
+      waiting_.push_back(seq);
+    }
+    return;
+  }
+  waiting_.insert(std::upper_bound(waiting_.begin(), waiting_.end(), seq, served_before), seq);
+}
+
+std::vector<uint32_t> Engine::running_loras() const {
+  return distinct_loras(running_);
+}
+
+std::vector<uint32_t> Engine::waiting_loras() const {
+  return distinct_loras(waiting_);
 }
 
 // Takes <blocks> from the free pool, evicting the least recently freed cached
@@ -68,13 +116,63 @@ void Engine::release(Seq* seq) {
   seq->num_computed = 0;
 }
 
-void Engine::preempt(Seq* seq) {
-  TR_ASSERT(!running_.empty() && running_.back() == seq);
-  running_.pop_back();
-  release(seq);
-  seq->state = Seq::State::waiting;
-  waiting_.push_front(seq);
+// The running request to preempt when blocks run out: the most recently
+// admitted (fcfs), or the one served last by (priority, arrival).
+Seq* Engine::pick_victim() const {
+  TR_ASSERT(!running_.empty());
+  if (cfg_.policy == SchedulingPolicy::fcfs) return running_.back();
+  return *std::max_element(running_.begin(), running_.end(), served_before);
+}
+
+// Moves <victim> from running to waiting and frees its blocks. Under the
+// priority policy the victim may sit before the request being scheduled
+// (index <*next_running>) and already hold a slot of this step: the slot is
+// emptied, its tokens go back to <budget>, and the index moves down with it.
+void Engine::preempt(Seq* victim, size_t* next_running, uint32_t* budget) {
+  auto it = std::find(running_.begin(), running_.end(), victim);
+  TR_ASSERT(it != running_.end());
+  const size_t index = static_cast<size_t>(it - running_.begin());
+  running_.erase(it);
+  if (index < *next_running) *next_running -= 1;
+  if (victim->sched_slot >= 0) {
+    Scheduled& slot = sched_[victim->sched_slot];
+    TR_ASSERT(slot.seq == victim);
+    *budget += slot.tokens;
+    slot.seq = nullptr;
+    victim->sched_slot = -1;
+  }
+  release(victim);
+  victim->state = Seq::State::waiting;
+  enqueue_waiting(victim, true);
   metrics_.preemptions += 1;
+}
+
+// vLLM V1 admits a request with an adapter only while the step holds fewer
+// than max_loras distinct adapters or already holds its adapter.
+bool Engine::loras_allow(const Seq* seq) const {
+  if (seq->lora == 0 || contains(step_loras_, seq->lora)) return true;
+  return step_loras_.size() < cfg_.max_loras;
+}
+
+// Makes the step's adapters resident, most recently used last, evicting the
+// least recently used beyond max_cpu_loras. Returns how many were loaded.
+uint32_t Engine::load_step_loras() {
+  uint32_t loads = 0;
+  for (uint32_t id : step_loras_) {
+    auto it = std::find(resident_loras_.begin(), resident_loras_.end(), id);
+    if (it != resident_loras_.end()) {
+      resident_loras_.erase(it);
+    } else {
+      loads += 1;
+    }
+    resident_loras_.push_back(id);
+  }
+  // The step's own adapters are the most recent and fit (max_loras <=
+  // max_cpu_loras), so eviction never drops one of them.
+  while (resident_loras_.size() > cfg_.max_cpu_loras)
+    resident_loras_.erase(resident_loras_.begin());
+  metrics_.lora_loads += loads;
+  return loads;
 }
 
 // Publishes the prompt blocks <seq> has fully computed so later requests can
@@ -165,15 +263,15 @@ void Engine::start_step(int64_t now_ns, double speed) {
     const uint32_t need = blocks_for(s->num_computed + tokens) - s->blocks_held;
     bool fits = true;
     while (need > free_blocks_) {
-      Seq* victim = running_.back();  // most recently admitted
-      preempt(victim);
+      Seq* victim = pick_victim();
+      preempt(victim, &i, &budget);
       preempted = true;
       if (victim == s) {
         fits = false;
         break;
       }
     }
-    if (!fits) break;  // <s> was the last running request
+    if (!fits) break;  // <s> itself was the victim: nothing behind it runs
     allocate(need);
     s->blocks_held += need;
     add_scheduled(s, tokens);
@@ -181,23 +279,44 @@ void Engine::start_step(int64_t now_ns, double speed) {
     ++i;
   }
 
-  // Then waiting requests FCFS, unless this step had to preempt (vLLM V1
-  // admits nothing new in a step that preempted).
-  while (!preempted && budget > 0 && !waiting_.empty() && running_.size() < cfg_.max_num_seqs) {
-    Seq* s = waiting_.front();
+  // The adapters of the running requests this step kept. Admission happens
+  // only when every running request was scheduled, so this is the running
+  // set's adapters and never more than max_loras.
+  step_loras_.clear();
+  for (const Scheduled& e : sched_) {
+    if (e.seq != nullptr && e.seq->lora != 0 && !contains(step_loras_, e.seq->lora)) {
+      step_loras_.push_back(e.seq->lora);
+    }
+  }
+  TR_ASSERT(step_loras_.size() <= cfg_.max_loras);
+
+  // Then waiting requests in queue order, unless this step had to preempt
+  // (vLLM V1 admits nothing new in a step that preempted). A request whose
+  // adapter would exceed max_loras is skipped and keeps its place; the ones
+  // behind it may still be admitted.
+  size_t w = 0;
+  while (!preempted && budget > 0 && w < waiting_.size() && running_.size() < cfg_.max_num_seqs) {
+    Seq* s = waiting_[w];
+    if (!loras_allow(s)) {
+      ++w;
+      continue;
+    }
     uint32_t tokens = 0;
     if (!admit(s, budget, &tokens)) break;
-    waiting_.pop_front();
+    waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(w));
     s->state = Seq::State::running;
     running_.push_back(s);
     add_scheduled(s, tokens);
     budget -= tokens;
+    if (s->lora != 0 && !contains(step_loras_, s->lora)) step_loras_.push_back(s->lora);
   }
+  const uint32_t lora_loads = load_step_loras();
 
-  if (sched_.empty()) {
-    // Nothing fit. With --kv-blocks * --block-size >= --max-model-len this
-    // only follows a step that preempted everything; retry after an empty
-    // step rather than idling with work queued (nothing else would wake us).
+  if (budget == cfg_.max_num_batched_tokens) {
+    // Nothing fit (a slot a priority preemption emptied holds no tokens).
+    // With --kv-blocks * --block-size >= --max-model-len this only follows
+    // a step that preempted everything; retry after an empty step rather
+    // than idling with work queued (nothing else would wake us).
     step_end_ns_ = now_ns + static_cast<int64_t>(cfg_.step_base_ms * 1e6 / speed);
     step_start_ns_ = now_ns;
     step_tokens_ = 0;
@@ -209,7 +328,8 @@ void Engine::start_step(int64_t now_ns, double speed) {
   for (const Seq* s : running_)
     context += s->num_computed;
   const double ns = cfg_.step_base_ms * 1e6 + cfg_.step_per_token_us * 1e3 * tokens +
-                    cfg_.step_per_ctx_ns * static_cast<double>(context + tokens);
+                    cfg_.step_per_ctx_ns * static_cast<double>(context + tokens) +
+                    cfg_.lora_load_ms * 1e6 * lora_loads;
   step_end_ns_ = now_ns + static_cast<int64_t>(ns / speed);
   step_start_ns_ = now_ns;
   step_tokens_ = tokens;

@@ -3,9 +3,14 @@
 // clock; the caller passes "now" and calls back at deadline_ns().
 //
 // Step life cycle: start_step() picks the work of one step (running requests
-// first, then waiting ones FCFS within the token budget), reserves KV blocks,
-// and computes when the step ends; finish_step() at that time applies the
-// work and reports every produced token through EngineSink::on_token().
+// first, then waiting ones in queue order within the token budget and the
+// LoRA limit), reserves KV blocks, and computes when the step ends;
+// finish_step() at that time applies the work and reports every produced
+// token through EngineSink::on_token().
+//
+// The waiting queue is FCFS, or ordered by (priority, arrival) under the
+// priority policy, which also picks the preemption victim by that key
+// (vLLM V1's scheduler.py does both).
 #pragma once
 
 #include <cstdint>
@@ -18,7 +23,10 @@
 
 namespace tr::sim {
 
+enum class SchedulingPolicy : uint8_t { fcfs, priority };
+
 struct EngineConfig {
+  SchedulingPolicy policy = SchedulingPolicy::fcfs;
   uint32_t max_num_batched_tokens = 2048;
   uint32_t max_num_seqs = 256;
   uint32_t kv_blocks = 4096;
@@ -27,6 +35,9 @@ struct EngineConfig {
   double step_base_ms = 8.0;
   double step_per_token_us = 40.0;
   double step_per_ctx_ns = 20.0;
+  uint32_t max_loras = 1;      // distinct adapters in one step
+  uint32_t max_cpu_loras = 1;  // adapters kept resident (LRU), >= max_loras
+  double lora_load_ms = 50.0;  // added to a step per adapter it makes resident
 };
 
 // The engine's view of one request. The owner fills the inputs, submits it,
@@ -37,6 +48,8 @@ struct Seq {
   uint32_t max_tokens = 0;             // the request's limit (finish_reason "length" at it)
   uint32_t target_tokens = 0;          // tokens it will produce (<= max_tokens; less = "stop")
   std::vector<uint64_t> block_hashes;  // chained hashes of the prompt's full blocks
+  int64_t priority = 0;                // lower is served first (priority policy only)
+  uint32_t lora = 0;                   // adapter id, 0 = the base model
   void* owner = nullptr;
 
   // Engine state.
@@ -49,6 +62,7 @@ struct Seq {
   int32_t sched_slot = -1;            // index in the step in flight, -1 when not in it
   bool prompt_counted = false;
   int64_t arrival_ns = 0;
+  uint64_t arrival_seq = 0;  // submit order: breaks arrival_ns ties
   int64_t first_token_ns = 0;
   int64_t last_token_ns = 0;
 
@@ -70,7 +84,7 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // Queues <seq> (state idle) at the back of the waiting queue.
+  // Queues <seq> (state idle): at the back (fcfs) or by (priority, arrival).
   void submit(Seq* seq, int64_t now_ns);
   // Removes <seq> wherever it is, frees its blocks and counts an abort. No-op
   // for a finished or never-submitted seq.
@@ -89,6 +103,10 @@ class Engine {
   uint32_t waiting() const { return static_cast<uint32_t>(waiting_.size()); }
   uint32_t free_blocks() const { return free_blocks_; }
   double kv_usage() const;
+  // Distinct adapter ids (ascending, base model excluded) of the running or
+  // the waiting requests, as vllm:lora_requests_info lists them.
+  std::vector<uint32_t> running_loras() const;
+  std::vector<uint32_t> waiting_loras() const;
   const EngineMetrics& metrics() const { return metrics_; }
   EngineMetrics& metrics() { return metrics_; }
 
@@ -105,7 +123,11 @@ class Engine {
   uint32_t blocks_for(uint32_t tokens) const;
   void allocate(uint32_t blocks);
   void release(Seq* seq);
-  void preempt(Seq* seq);
+  Seq* pick_victim() const;
+  void preempt(Seq* victim, size_t* next_running, uint32_t* budget);
+  void enqueue_waiting(Seq* seq, bool preempted);
+  bool loras_allow(const Seq* seq) const;
+  uint32_t load_step_loras();
   void register_prefix_blocks(Seq* seq);
   void finish(Seq* seq, FinishReason reason, int64_t now_ns);
   void add_scheduled(Seq* seq, uint32_t tokens);
@@ -114,9 +136,12 @@ class Engine {
   EngineConfig cfg_;
   EngineSink* sink_;
   EngineMetrics metrics_;
-  std::vector<Seq*> running_;  // admission order: back = most recently admitted
-  std::deque<Seq*> waiting_;
-  std::vector<Scheduled> sched_;  // the step in flight; capacity kept across steps
+  std::vector<Seq*> running_;             // admission order: back = most recently admitted
+  std::deque<Seq*> waiting_;              // front = admitted next (see enqueue_waiting)
+  std::vector<Scheduled> sched_;          // the step in flight; capacity kept across steps
+  std::vector<uint32_t> step_loras_;      // distinct adapters of the step being built
+  std::vector<uint32_t> resident_loras_;  // LRU order: front = least recently used
+  uint64_t next_arrival_seq_ = 0;
   int64_t step_end_ns_ = -1;
   int64_t step_start_ns_ = 0;  // of the step in flight
   uint64_t step_tokens_ = 0;   // scheduled in the step in flight

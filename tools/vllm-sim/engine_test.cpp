@@ -2,10 +2,12 @@
 // test drives steps by hand with made-up times.
 #define CATCH_CONFIG_MAIN
 #include <catch.hpp>
+#include <cmath>
 #include <memory>
 #include <vector>
 
 #include "engine.hpp"
+#include "vocab.hpp"
 
 namespace tr::sim {
 namespace {
@@ -260,6 +262,215 @@ TEST_CASE("abort frees blocks at once, even during a step") {
   CHECK(e.metrics().finished[static_cast<size_t>(FinishReason::abort)] == 2);
   e.abort(b.get());  // idempotent
   CHECK(e.metrics().aborted == 2);
+}
+
+// The request that finished first (reason != none), or nullptr.
+const Seq* first_finished(const RecordingSink& sink) {
+  for (const Event& ev : sink.events) {
+    if (ev.reason != FinishReason::none) return ev.seq;
+  }
+  return nullptr;
+}
+
+// Finish order of the requests, one entry per request.
+std::vector<const Seq*> finish_order(const RecordingSink& sink) {
+  std::vector<const Seq*> order;
+  for (const Event& ev : sink.events) {
+    if (ev.reason != FinishReason::none) order.push_back(ev.seq);
+  }
+  return order;
+}
+
+TEST_CASE("natural output lengths depend on the prompt key and the seed only") {
+  const uint32_t a = natural_output_len(1, 0xabc, 200, 0.8);
+  CHECK(natural_output_len(1, 0xabc, 200, 0.8) == a);
+  // Across prompts: log-normal, mean as asked, spread as sigma says, >= 1.
+  double sum = 0;
+  double log_sum = 0;
+  double log_sq = 0;
+  uint32_t shortest = UINT32_MAX;
+  constexpr int kPrompts = 20000;
+  for (int k = 0; k < kPrompts; ++k) {
+    const uint32_t n = natural_output_len(1, mix64(k), 200, 0.8);
+    shortest = std::min(shortest, n);
+    sum += n;
+    log_sum += std::log(n);
+    log_sq += std::log(n) * std::log(n);
+  }
+  CHECK(shortest >= 1);
+  CHECK(sum / kPrompts == Approx(200).epsilon(0.03));
+  const double log_mean = log_sum / kPrompts;
+  CHECK(std::sqrt(log_sq / kPrompts - log_mean * log_mean) == Approx(0.8).epsilon(0.03));
+  // Another seed moves most lengths; sigma 0 gives the mean itself.
+  int moved = 0;
+  for (int k = 0; k < 100; ++k)
+    moved += natural_output_len(1, mix64(k), 200, 0.8) != natural_output_len(2, mix64(k), 200, 0.8);
+  CHECK(moved > 90);
+  CHECK(natural_output_len(1, 0xabc, 37, 0) == 37);
+  CHECK(natural_output_len(1, 0xabc, 0.2, 0) == 1);
+}
+
+TEST_CASE("a natural length below max_tokens stops there whatever max_tokens is") {
+  const uint32_t natural = 7;
+  for (uint32_t max_tokens : {8u, 50u, 1000u}) {
+    RecordingSink sink;
+    Engine e(small_config(), &sink);
+    auto s = make_seq(4, std::min(natural, max_tokens), max_tokens);
+    int64_t now = 0;
+    e.submit(s.get(), now);
+    drain(e, &now);
+    CHECK(tokens_of(sink, s.get()) == natural);
+    CHECK(sink.events.back().reason == FinishReason::stop);
+  }
+  // A cap below the natural length ends it with "length".
+  RecordingSink sink;
+  Engine e(small_config(), &sink);
+  auto s = make_seq(4, std::min(natural, 5u), 5);
+  int64_t now = 0;
+  e.submit(s.get(), now);
+  drain(e, &now);
+  CHECK(tokens_of(sink, s.get()) == 5);
+  CHECK(sink.events.back().reason == FinishReason::length);
+}
+
+TEST_CASE(
+    "max_loras skips a waiting request whose adapter does not fit but not the ones behind it") {
+  RecordingSink sink;
+  EngineConfig c = small_config();
+  c.max_loras = 1;
+  c.max_cpu_loras = 1;
+  c.lora_load_ms = 5;
+  Engine e(c, &sink);
+  auto a = make_seq(4, 3);
+  auto b = make_seq(4, 3);
+  auto a2 = make_seq(4, 3);
+  auto base = make_seq(4, 3);
+  a->lora = 1;
+  b->lora = 2;
+  a2->lora = 1;
+  for (Seq* s : {a.get(), b.get(), a2.get(), base.get()})
+    e.submit(s, 0);
+  e.start_step(0, 1.0);
+  // a takes the only adapter slot; b waits; a2 shares a's adapter and the
+  // base-model request needs none.
+  CHECK(e.running() == 3);
+  CHECK(e.waiting() == 1);
+  CHECK(e.running_loras() == std::vector<uint32_t>{1});
+  CHECK(e.waiting_loras() == std::vector<uint32_t>{2});
+  CHECK(b->state == Seq::State::waiting);
+  // The step loaded adapter 1: base 1 ms + 12 tokens * 10 us + 5 ms.
+  CHECK(e.deadline_ns() == 1'000'000 + 120'000 + 5'000'000);
+  CHECK(e.metrics().lora_loads == 1);
+  int64_t now = e.deadline_ns();
+  e.finish_step(now);
+  drain(e, &now);
+  const std::vector<const Seq*> order = finish_order(sink);
+  REQUIRE(order.size() == 4);
+  CHECK(order.back() == b.get());
+  // Adapter 2 evicted adapter 1 from the single resident slot.
+  CHECK(e.metrics().lora_loads == 2);
+  CHECK(e.running_loras().empty());
+}
+
+TEST_CASE("resident adapters load once; the least recently used is evicted") {
+  RecordingSink sink;
+  EngineConfig c = small_config();
+  c.max_loras = 1;
+  c.max_cpu_loras = 2;
+  Engine e(c, &sink);
+  int64_t now = 0;
+  std::vector<std::unique_ptr<Seq>> seqs;
+  // Adapters used one after the other: 1, 2, 1 (resident), 3 (evicts 2), 2.
+  for (uint32_t lora : {1u, 2u, 1u, 3u, 2u}) {
+    seqs.push_back(make_seq(4, 1));
+    seqs.back()->lora = lora;
+    e.submit(seqs.back().get(), now);
+    drain(e, &now);
+  }
+  CHECK(e.metrics().lora_loads == 4);
+}
+
+TEST_CASE("the priority policy admits by (priority, arrival)") {
+  RecordingSink sink;
+  EngineConfig c = small_config();
+  c.policy = SchedulingPolicy::priority;
+  c.max_num_seqs = 1;
+  Engine e(c, &sink);
+  auto late_low = make_seq(4, 2);
+  auto urgent = make_seq(4, 2);
+  auto normal_1 = make_seq(4, 2);
+  auto normal_2 = make_seq(4, 2);
+  auto negative = make_seq(4, 2);
+  late_low->priority = 5;
+  urgent->priority = 0;
+  normal_1->priority = 1;
+  normal_2->priority = 1;
+  negative->priority = -3;
+  e.submit(late_low.get(), 0);
+  e.submit(normal_1.get(), 10);
+  e.submit(urgent.get(), 20);
+  e.submit(normal_2.get(), 20);
+  e.submit(negative.get(), 30);
+  int64_t now = 40;
+  drain(e, &now);
+  CHECK(finish_order(sink) == std::vector<const Seq*>{negative.get(), urgent.get(), normal_1.get(),
+                                                      normal_2.get(), late_low.get()});
+}
+
+TEST_CASE("fcfs ignores priority") {
+  RecordingSink sink;
+  EngineConfig c = small_config();
+  c.max_num_seqs = 1;
+  Engine e(c, &sink);
+  auto first = make_seq(4, 2);
+  auto second = make_seq(4, 2);
+  first->priority = 9;
+  e.submit(first.get(), 0);
+  e.submit(second.get(), 0);
+  int64_t now = 0;
+  drain(e, &now);
+  CHECK(first_finished(sink) == first.get());
+}
+
+// a (priority 1) is admitted first, b (priority 0) a step later; both grow
+// until the 5-block pool runs out.
+struct PreemptionRace {
+  RecordingSink sink;
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<Seq> a = make_seq(4, 16);
+  std::unique_ptr<Seq> b = make_seq(2, 16);
+
+  explicit PreemptionRace(SchedulingPolicy policy) {
+    EngineConfig c = small_config();
+    c.kv_blocks = 5;  // 20 tokens: a alone fits, a and b together do not
+    c.prefix_caching = false;
+    c.policy = policy;
+    engine = std::make_unique<Engine>(c, &sink);
+    a->priority = 1;
+    int64_t now = 0;
+    engine->submit(a.get(), now);
+    engine->start_step(now, 1.0);
+    now = engine->deadline_ns();
+    engine->finish_step(now);
+    engine->submit(b.get(), now);
+    drain(*engine, &now);
+  }
+};
+
+TEST_CASE("the priority policy preempts the lowest-priority request rather than the newest") {
+  PreemptionRace fcfs(SchedulingPolicy::fcfs);
+  PreemptionRace prio(SchedulingPolicy::priority);
+  for (PreemptionRace* r : {&fcfs, &prio}) {
+    CHECK(r->engine->metrics().preemptions > 0);
+    CHECK(tokens_of(r->sink, r->a.get()) == 16);
+    CHECK(tokens_of(r->sink, r->b.get()) == 16);
+    CHECK(r->engine->free_blocks() == 5);
+  }
+  // fcfs preempts the newest (b), so a finishes first; priority preempts a
+  // (priority 1 > 0) although b was admitted later, even when a was already
+  // scheduled in the step where b ran out of blocks.
+  CHECK(first_finished(fcfs.sink) == fcfs.a.get());
+  CHECK(first_finished(prio.sink) == prio.b.get());
 }
 
 }  // namespace

@@ -36,6 +36,18 @@ void init_hist(Histogram* h, const double* bounds, size_t n) {
   h->bucket_count = n;
 }
 
+// Label values escape '\\', '"' and newline (text format 0.0.4).
+void append_label_value(std::string* out, std::string_view value) {
+  for (char c : value) {
+    if (c == '\\' || c == '"') out->push_back('\\');
+    if (c == '\n') {
+      out->append("\\n");
+      continue;
+    }
+    out->push_back(c);
+  }
+}
+
 // Writes `{engine="E"<extra>,model_name="M"}` with the label names sorted;
 // <extra> is inserted between engine and model_name and must start with ','
 // (finished_reason and le both sort there).
@@ -46,15 +58,7 @@ void append_labels(std::string* out, size_t engine, std::string_view extra,
   out->append(buf, n);
   out->append(extra);
   out->append(",model_name=\"");
-  // Label values escape '\\', '"' and newline (text format 0.0.4).
-  for (char c : model) {
-    if (c == '\\' || c == '"') out->push_back('\\');
-    if (c == '\n') {
-      out->append("\\n");
-      continue;
-    }
-    out->push_back(c);
-  }
+  append_label_value(out, model);
   out->append("\"}");
 }
 
@@ -194,7 +198,7 @@ void append_prom_float(std::string* out, double v) {
 
 void render_metrics(std::string* out, std::string_view model_name,
                     const std::vector<EngineGauges>& engines, const CacheInfo& cache,
-                    double created_s) {
+                    const LoraInfo& lora, double created_s) {
   const Ctx c{out, model_name, engines, created_s};
   gauge(c, "vllm:num_requests_running", "Number of requests in model execution batches.",
         [](const EngineGauges& g) { return static_cast<double>(g.running); });
@@ -257,6 +261,26 @@ void render_metrics(std::string* out, std::string_view model_name,
     out->append(buf, n);
   }
 
+  // vLLM sets this gauge to the current time under labels that name the
+  // adapters in use; its labels carry no model_name. Label names sorted.
+  if (lora.enabled) {
+    header(out, "vllm:lora_requests_info", "gauge", "Running stats on lora requests.");
+    for (size_t e = 0; e < engines.size(); ++e) {
+      char buf[64];
+      int n =
+          std::snprintf(buf, sizeof buf, "vllm:lora_requests_info{engine=\"%zu\",max_lora=\"%u\"",
+                        e, lora.max_loras);
+      out->append(buf, n);
+      out->append(",running_lora_adapters=\"");
+      append_label_value(out, engines[e].running_lora_adapters);
+      out->append("\",waiting_lora_adapters=\"");
+      append_label_value(out, engines[e].waiting_lora_adapters);
+      out->append("\"} ");
+      append_prom_float(out, lora.now_s);
+      out->push_back('\n');
+    }
+  }
+
   header(out, "vllm_sim:aborted_requests", "counter",
          "Requests aborted because the client disconnected (vllm-sim only).");
   for (size_t e = 0; e < engines.size(); ++e) {
@@ -270,6 +294,11 @@ void render_metrics(std::string* out, std::string_view model_name,
           "Tokens scheduled in engine steps, prompt chunks when "
           "computed (vllm-sim only: ground truth).",
           [](const EngineMetrics& m) { return m.step_tokens; });
+  if (lora.enabled) {
+    counter(c, "vllm_sim:lora_loads",
+            "Adapters made resident, each adding --lora-load-ms to its step (vllm-sim only).",
+            [](const EngineMetrics& m) { return m.lora_loads; });
+  }
   header(out, "vllm_sim:step_seconds", "counter",
          "Simulated duration of the engine steps (vllm-sim only: ground truth).");
   for (size_t e = 0; e < engines.size(); ++e) {

@@ -49,6 +49,7 @@ struct EngineMetrics {
   uint64_t steps = 0;
   double step_seconds = 0;
   uint64_t step_tokens = 0;
+  uint64_t lora_loads = 0;  // adapters made resident (sim only, vllm_sim:lora_loads)
 
   EngineMetrics();
 };
@@ -59,6 +60,17 @@ struct EngineGauges {
   uint32_t running;
   uint32_t waiting;
   double kv_usage;  // 0..1
+  // Comma-separated adapter names of the running / waiting requests ("" for
+  // none); rendered only when LoRA is on.
+  std::string running_lora_adapters;
+  std::string waiting_lora_adapters;
+};
+
+// vllm:lora_requests_info, present when the sim serves adapters.
+struct LoraInfo {
+  bool enabled = false;
+  uint32_t max_loras = 0;
+  double now_s = 0;  // the gauge's value: wall-clock seconds, as set_to_current_time()
 };
 
 struct CacheInfo {
@@ -71,7 +83,7 @@ struct CacheInfo {
 // (with fraction) the metrics were created, as prometheus_client reports it.
 void render_metrics(std::string* out, std::string_view model_name,
                     const std::vector<EngineGauges>& engines, const CacheInfo& cache,
-                    double created_s);
+                    const LoraInfo& lora, double created_s);
 
 // Appends <v> the way prometheus_client's floatToGoString does ("1.0", "0.25",
 // "1.7e+09", "+Inf").

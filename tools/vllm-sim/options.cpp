@@ -1,5 +1,6 @@
 #include "options.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -24,6 +25,9 @@ struct Flag {
   double max;
   bool bool_value;  // for switches: the value stored when the flag is present
   const char* help;
+  // Takes every following argument up to the next "--flag", as argparse's
+  // nargs='+' does (vLLM's --lora-modules a=x b=y).
+  bool takes_many = false;
 };
 
 constexpr double kU32Max = 4294967295.0;
@@ -59,6 +63,20 @@ const Flag kFlags[] = {
     {"fault-stall-first-byte-ms", &Options::fault_stall_first_byte_ms, 0, 86'400'000, false,
      "wait N ms after a request before any response byte"},
     {"engines", &Options::engines, 1, 64, false, "data-parallel engines (default 1)"},
+    {"output-len-mean", &Options::output_len_mean, 0, 1 << 24, false,
+     "mean natural output length, log-normal per prompt (default 0 = off)"},
+    {"output-len-sigma", &Options::output_len_sigma, 0, 10, false,
+     "sigma of the output length's underlying normal (default 0.8)"},
+    {"lora-modules", &Options::lora_module_args, 0, 0, false,
+     "LoRA adapters NAME=PATH [NAME=PATH ...]; repeatable", true},
+    {"max-loras", &Options::max_loras, 1, 1024, false,
+     "distinct adapters in one step, per engine (default 1)"},
+    {"max-cpu-loras", &Options::max_cpu_loras, 0, 1 << 16, false,
+     "resident adapters per engine (default: --max-loras)"},
+    {"lora-load-ms", &Options::lora_load_ms, 0, 1e6, false,
+     "step time added when a non-resident adapter is used (default 50)"},
+    {"scheduling-policy", &Options::scheduling_policy, 0, 0, false,
+     "fcfs or priority (default fcfs)"},
 };
 
 void print_usage(FILE* f) {
@@ -133,6 +151,44 @@ int fail(const char* what, std::string_view arg) {
   return 2;
 }
 
+// Prints "vllm-sim: <message>" on stderr; returns 2.
+int invalid(const std::string& message) {
+  std::fprintf(stderr, "vllm-sim: %s\n", message.c_str());
+  return 2;
+}
+
+int check_scheduling(const Options* o) {
+  if (o->scheduling_policy != "fcfs" && o->scheduling_policy != "priority") {
+    return invalid("--scheduling-policy must be fcfs or priority, not '" + o->scheduling_policy +
+                   "'");
+  }
+  return 0;
+}
+
+// Splits each NAME=PATH of --lora-modules into <loras> and resolves the
+// --max-cpu-loras default. vLLM refuses names that collide and a CPU cache
+// smaller than --max-loras; so does the sim.
+int parse_lora_modules(Options* o) {
+  for (const std::string& arg : o->lora_module_args) {
+    const size_t eq = arg.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == arg.size()) {
+      return invalid("--lora-modules takes NAME=PATH, not '" + arg + "'");
+    }
+    LoraModule m{arg.substr(0, eq), arg.substr(eq + 1)};
+    const bool is_base = std::find(o->models.begin(), o->models.end(), m.name) != o->models.end();
+    const bool seen = std::any_of(o->loras.begin(), o->loras.end(),
+                                  [&](const LoraModule& l) { return l.name == m.name; });
+    if (is_base || seen) return invalid("LoRA adapter name '" + m.name + "' is already served");
+    o->loras.push_back(std::move(m));
+  }
+  if (o->max_cpu_loras == 0) o->max_cpu_loras = o->max_loras;
+  if (o->max_cpu_loras < o->max_loras) {
+    return invalid("--max-cpu-loras (" + std::to_string(o->max_cpu_loras) +
+                   ") must be >= --max-loras (" + std::to_string(o->max_loras) + ")");
+  }
+  return 0;
+}
+
 }  // namespace
 
 int parse_options(int argc, char** argv, Options* opts) {
@@ -162,15 +218,23 @@ int parse_options(int argc, char** argv, Options* opts) {
       if (i + 1 >= argc) return fail("this flag needs a value:", arg);
       value = argv[++i];
     }
-    if (!store(*fl, value, opts)) {
-      std::fprintf(stderr, "vllm-sim: bad value '%.*s' for --%.*s\n",
-                   static_cast<int>(value.size()), value.data(), static_cast<int>(name.size()),
-                   name.data());
-      print_usage(stderr);
-      return 2;
+    for (;;) {
+      if (!store(*fl, value, opts)) {
+        std::fprintf(stderr, "vllm-sim: bad value '%.*s' for --%.*s\n",
+                     static_cast<int>(value.size()), value.data(), static_cast<int>(name.size()),
+                     name.data());
+        print_usage(stderr);
+        return 2;
+      }
+      if (!fl->takes_many || i + 1 >= argc || std::string_view(argv[i + 1]).substr(0, 2) == "--") {
+        break;
+      }
+      value = argv[++i];
     }
   }
   if (opts->models.empty()) opts->models.push_back("sim-model");
+  if (int rc = check_scheduling(opts); rc != 0) return rc;
+  if (int rc = parse_lora_modules(opts); rc != 0) return rc;
   // vLLM refuses to start when the KV cache cannot hold one max-length request;
   // without this check a lone request could preempt itself forever.
   if (static_cast<uint64_t>(opts->kv_blocks) * opts->block_size < opts->max_model_len) {

@@ -9,6 +9,13 @@
 
 namespace tr::sim {
 
+// One --lora-modules entry: the adapter's served name and its path (the path
+// is only echoed as the model card's "root").
+struct LoraModule {
+  std::string name;
+  std::string path;
+};
+
 struct Options {
   std::string host = "127.0.0.1";
   uint16_t port = 8000;             // 0 = ephemeral
@@ -30,6 +37,14 @@ struct Options {
   bool fault_health_503 = false;
   uint32_t fault_stall_first_byte_ms = 0;  // 0 = off
   uint32_t engines = 1;
+  uint32_t output_len_mean = 0;               // 0 = off: stop points as without the flag
+  double output_len_sigma = 0.8;              // sigma of the log-normal's underlying normal
+  std::vector<std::string> lora_module_args;  // raw NAME=PATH, parsed into <loras>
+  std::vector<LoraModule> loras;
+  uint32_t max_loras = 1;      // distinct adapters in one step, per engine
+  uint32_t max_cpu_loras = 0;  // resident adapters per engine; 0 = max_loras
+  double lora_load_ms = 50.0;  // added to the step that first uses a non-resident adapter
+  std::string scheduling_policy = "fcfs";  // "fcfs" or "priority"
 };
 
 // Fills <opts> from argv. Returns 0 on success; 1 when --help was asked

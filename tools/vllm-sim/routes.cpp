@@ -45,14 +45,6 @@ std::string_view path_of(const std::string& url) {
   return p;
 }
 
-// Token at which a request "emits EOS": uniform in [ceil(max/2), max].
-uint32_t stop_point(uint64_t seed, uint64_t key, uint32_t max_tokens) {
-  const uint32_t lo = (max_tokens + 1) / 2;
-  const uint64_t span = static_cast<uint64_t>(max_tokens - lo) + 1;
-  const uint32_t t = lo + static_cast<uint32_t>(mix64(seed ^ mix64(key ^ 0x5704)) % span);
-  return t == 0 ? 1 : t;
-}
-
 constexpr std::string_view kSseHeaders =
     "HTTP/1.1 200 OK\r\n"
     "content-type: text/event-stream; charset=utf-8\r\n"
@@ -125,7 +117,7 @@ void Server::dispatch(Conn* c) {
     record_headers(r);
     std::string body;
     const int64_t created = opts_.created >= 0 ? opts_.created : wall_ms() / 1000;
-    append_models_body(&body, opts_.models, created, opts_.max_model_len, opts_.seed);
+    append_models_body(&body, opts_.models, opts_.loras, created, opts_.max_model_len, opts_.seed);
     respond(c, 200, "application/json", body);
   } else if (path == "/health") {
     respond(c, rt_.health_status, "", "");
@@ -157,9 +149,15 @@ void Server::handle_inference(Conn* c, Endpoint ep) {
     return;
   }
   const std::string& model = ir.model.empty() ? opts_.models.front() : ir.model;
+  uint32_t lora = 0;  // an adapter's id is its --lora-modules position + 1
   if (std::find(opts_.models.begin(), opts_.models.end(), model) == opts_.models.end()) {
-    respond_error(c, ApiError{404, "NotFoundError", "The model `" + model + "` does not exist."});
-    return;
+    auto adapter = std::find_if(opts_.loras.begin(), opts_.loras.end(),
+                                [&](const LoraModule& m) { return m.name == model; });
+    if (adapter == opts_.loras.end()) {
+      respond_error(c, ApiError{404, "NotFoundError", "The model `" + model + "` does not exist."});
+      return;
+    }
+    lora = static_cast<uint32_t>(adapter - opts_.loras.begin()) + 1;
   }
   const uint32_t prompt = ir.prompt_tokens();
   const uint32_t limit = opts_.max_model_len;
@@ -188,6 +186,14 @@ void Server::handle_inference(Conn* c, Endpoint ep) {
     max_tokens = static_cast<uint32_t>(ir.max_tokens);
   } else {
     max_tokens = std::min(opts_.default_max_tokens, limit - prompt);
+  }
+  // vLLM's engine input processor rejects this as a ValueError, which the
+  // server turns into a 400.
+  if (ir.priority != 0 && opts_.scheduling_policy != "priority") {
+    std::snprintf(msg, sizeof msg,
+                  "Got priority %" PRId64 " but Priority scheduling is not enabled.", ir.priority);
+    respond_error(c, ApiError{400, "BadRequestError", msg});
+    return;
   }
 
   Stream& st = c->stream;
@@ -219,7 +225,19 @@ void Server::handle_inference(Conn* c, Endpoint ep) {
   Seq& s = st.seq;
   s.prompt_tokens = prompt;
   s.max_tokens = max_tokens;
-  s.target_tokens = ir.ignore_eos ? max_tokens : stop_point(opts_.seed, st.token_key, max_tokens);
+  s.target_tokens = max_tokens;
+  if (!ir.ignore_eos && opts_.output_len_mean > 0) {
+    // Keyed by the prompt alone (not X-Request-Id): every front end of a
+    // benchmark sees the same lengths for the same prompts.
+    const uint64_t prompt_key = hash_bytes(ir.prefix_bytes.data(), ir.prefix_bytes.size(), prompt);
+    s.target_tokens = std::min(
+        max_tokens,
+        natural_output_len(opts_.seed, prompt_key, opts_.output_len_mean, opts_.output_len_sigma));
+  } else if (!ir.ignore_eos) {
+    s.target_tokens = stop_point(opts_.seed, st.token_key, max_tokens);
+  }
+  s.priority = ir.priority;
+  s.lora = lora;
   s.owner = c;
   s.state = Seq::State::idle;
   s.generated = 0;
@@ -239,8 +257,6 @@ void Server::handle_inference(Conn* c, Endpoint ep) {
     h = hash_bytes(ir.prefix_bytes.data() + i * block_bytes, block_bytes, h);
     s.block_hashes.push_back(h);
   }
-  st.engine = next_engine_;
-  next_engine_ = (next_engine_ + 1) % engines_.size();
 
   if (rt_.fault_stall_first_byte_ms > 0) {
     stall_timers_.push(StallTimer{
@@ -250,8 +266,29 @@ void Server::handle_inference(Conn* c, Endpoint ep) {
   start_inference(c, mono_ns());
 }
 
+// The engine for a request entering now, as vLLM's data-parallel front end
+// (DPLBAsyncMPClient) picks it: the lowest waiting * 4 + running, scanning
+// from a start index. vLLM keeps that index per API server and reads counts
+// up to 100 ms old; the sim reads live counts and moves the start past each
+// pick, so equally loaded (idle) engines take turns.
+size_t Server::pick_engine() {
+  const size_t n = engines_.size();
+  size_t best = next_engine_;
+  uint64_t best_score = UINT64_MAX;
+  for (size_t i = 0; i < n; ++i) {
+    const size_t e = (next_engine_ + i) % n;
+    const uint64_t score = 4ull * engines_[e]->waiting() + engines_[e]->running();
+    if (score < best_score) {
+      best_score = score;
+      best = e;
+    }
+  }
+  next_engine_ = (best + 1) % n;
+  return best;
+}
+
 // Sends the SSE response head (as uvicorn does before the first token) and
-// queues the request in its engine.
+// queues the request in the least loaded engine.
 void Server::start_inference(Conn* c, int64_t now_ns) {
   Stream& st = c->stream;
   if (st.streaming) {
@@ -265,6 +302,7 @@ void Server::start_inference(Conn* c, int64_t now_ns) {
       send_iov(c, iov, 3);
     }
   }
+  st.engine = pick_engine();
   engines_[st.engine]->submit(&st.seq, now_ns);
 }
 
@@ -345,16 +383,34 @@ void Server::on_token(Seq& seq, FinishReason reason, int64_t now_ns) {
 }
 
 void Server::handle_metrics(Conn* c) {
+  const bool lora = !opts_.loras.empty();
   std::vector<EngineGauges> gauges;
   gauges.reserve(engines_.size());
   for (const auto& e : engines_) {
-    gauges.push_back(EngineGauges{&e->metrics(), e->running(), e->waiting(), e->kv_usage()});
+    EngineGauges g{&e->metrics(), e->running(), e->waiting(), e->kv_usage(), {}, {}};
+    if (lora) {
+      g.running_lora_adapters = adapter_names(e->running_loras());
+      g.waiting_lora_adapters = adapter_names(e->waiting_loras());
+    }
+    gauges.push_back(std::move(g));
   }
   scratch_.clear();
   render_metrics(&scratch_, opts_.models.front(), gauges,
                  CacheInfo{opts_.block_size, opts_.kv_blocks, opts_.prefix_caching},
+                 LoraInfo{lora, opts_.max_loras, static_cast<double>(wall_ms()) / 1000.0},
                  metrics_created_s_);
   respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", scratch_);
+}
+
+// "a,b" for adapter ids {1, 2}: names in --lora-modules order.
+std::string Server::adapter_names(const std::vector<uint32_t>& ids) const {
+  std::string names;
+  for (uint32_t id : ids) {
+    TR_ASSERT(id >= 1 && id <= opts_.loras.size());
+    if (!names.empty()) names.push_back(',');
+    names.append(opts_.loras[id - 1].name);
+  }
+  return names;
 }
 
 void Server::handle_stats(Conn* c) {

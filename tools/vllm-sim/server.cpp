@@ -156,6 +156,11 @@ Server::Server(const Options& opts) : opts_(opts) {
   rt_.fault_stall_first_byte_ms = opts_.fault_stall_first_byte_ms;
 
   EngineConfig ec;
+  ec.policy =
+      opts_.scheduling_policy == "priority" ? SchedulingPolicy::priority : SchedulingPolicy::fcfs;
+  ec.max_loras = opts_.max_loras;
+  ec.max_cpu_loras = opts_.max_cpu_loras;
+  ec.lora_load_ms = opts_.lora_load_ms;
   ec.max_num_batched_tokens = opts_.max_num_batched_tokens;
   ec.max_num_seqs = opts_.max_num_seqs;
   ec.kv_blocks = opts_.kv_blocks;

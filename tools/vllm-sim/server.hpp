@@ -146,6 +146,8 @@ class Server : public EngineSink {
   void respond_error(Conn* c, const ApiError& err);
   void handle_inference(Conn* c, Endpoint ep);
   void start_inference(Conn* c, int64_t now_ns);
+  size_t pick_engine();
+  std::string adapter_names(const std::vector<uint32_t>& ids) const;
   void handle_stats(Conn* c);
   void handle_config(Conn* c);
   void handle_metrics(Conn* c);
@@ -161,7 +163,7 @@ class Server : public EngineSink {
   int64_t armed_deadline_ns_ = -1;
   uint64_t next_conn_id_ = 1;
   uint64_t id_rng_ = 0;
-  size_t next_engine_ = 0;
+  size_t next_engine_ = 0;  // where pick_engine() starts looking (breaks ties)
   double metrics_created_s_ = 0;
   bool stopping_ = false;
 

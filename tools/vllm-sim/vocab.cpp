@@ -1,6 +1,8 @@
 #include "vocab.hpp"
 
 #include <array>
+#include <cmath>
+#include <numbers>
 
 #include "core/assert.hpp"
 
@@ -57,6 +59,29 @@ uint64_t hash_bytes(const void* data, size_t len, uint64_t seed) {
 const Word& token_word(uint64_t seed, uint64_t key, uint32_t index) {
   uint64_t h = mix64(seed ^ mix64(key ^ (static_cast<uint64_t>(index) << 1 | 1)));
   return table().words[h % kVocabSize];
+}
+
+uint32_t stop_point(uint64_t seed, uint64_t key, uint32_t max_tokens) {
+  const uint32_t lo = (max_tokens + 1) / 2;
+  const uint64_t span = static_cast<uint64_t>(max_tokens - lo) + 1;
+  const uint32_t t = lo + static_cast<uint32_t>(mix64(seed ^ mix64(key ^ 0x5704)) % span);
+  return t == 0 ? 1 : t;
+}
+
+uint32_t natural_output_len(uint64_t seed, uint64_t prompt_key, double mean_tokens, double sigma) {
+  TR_ASSERT(mean_tokens > 0);
+  TR_ASSERT(sigma >= 0);
+  // Two uniforms in (0, 1] from the key, then Box-Muller for one normal draw.
+  const uint64_t h1 = mix64(seed ^ mix64(prompt_key ^ 0x0e7c));
+  const uint64_t h2 = mix64(h1 ^ 0x51e9);
+  const double u1 = static_cast<double>((h1 >> 11) + 1) * 0x1p-53;
+  const double u2 = static_cast<double>((h2 >> 11) + 1) * 0x1p-53;
+  const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
+  // E[exp(mu + sigma z)] = exp(mu + sigma^2 / 2): pick mu so the mean is the asked one.
+  const double mu = std::log(mean_tokens) - sigma * sigma / 2.0;
+  const double len = std::round(std::exp(mu + sigma * z));
+  if (len < 1.0) return 1;
+  return len >= 4294967295.0 ? UINT32_MAX : static_cast<uint32_t>(len);
 }
 
 void json_escape_append(std::string* out, std::string_view text) {

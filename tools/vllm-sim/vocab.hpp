@@ -1,7 +1,7 @@
-// Deterministic token text and the hashing it rests on. Pure: no I/O, no
-// clock. A token is one word of a fixed vocabulary, picked by hashing
-// (seed, request key, token index); every word is stored both raw and
-// JSON-escaped so the hot path only copies bytes.
+// Deterministic token text, output lengths and the hashing they rest on.
+// Pure: no I/O, no clock. A token is one word of a fixed vocabulary, picked
+// by hashing (seed, request key, token index); every word is stored both raw
+// and JSON-escaped so the hot path only copies bytes.
 #pragma once
 
 #include <cstddef>
@@ -32,6 +32,15 @@ constexpr size_t kWordEscapedBytesMax = 24;
 
 // The word for token <index> of the request whose key is <key>.
 const Word& token_word(uint64_t seed, uint64_t key, uint32_t index);
+
+// Token at which a request without a natural length "emits EOS": uniform in
+// [ceil(max/2), max], picked by (seed, request key).
+uint32_t stop_point(uint64_t seed, uint64_t key, uint32_t max_tokens);
+
+// The natural output length of a prompt: log-normal with mean <mean_tokens>
+// and <sigma> (of the underlying normal), rounded, at least 1. <prompt_key>
+// must depend on the prompt only, so every front end sees the same length.
+uint32_t natural_output_len(uint64_t seed, uint64_t prompt_key, double mean_tokens, double sigma);
 
 // Appends <text> JSON-escaped the way pydantic v2 does: '"', '\\' and
 // control characters escaped, everything else (including non-ASCII UTF-8)
