@@ -168,6 +168,10 @@ bool prom_unescape(std::string_view escaped, char* buf, size_t buf_bytes, std::s
   return true;
 }
 
+bool prom_parse_value(std::string_view text, double* out) {
+  return !text.empty() && parse_value(text.data(), text.data() + text.size(), out);
+}
+
 PromLine prom_line_name(std::string_view line, std::string_view* name) {
   const char* p = line.data();
   const char* const end = p + line.size();

@@ -44,6 +44,12 @@ struct PromSample {
 // *out empty, if the result needs more than <buf_bytes> bytes.
 bool prom_unescape(std::string_view escaped, char* buf, size_t buf_bytes, std::string_view* out);
 
+// Reads <text>, a whole sample value (or a label value such as le="0.5"), the
+// way Go's strconv.ParseFloat reads decimal text (the Prometheus server's own
+// rule): decimal, exponent, "+Inf", "-Inf", "Inf", "NaN". Returns false, with
+// *out unspecified, if <text> is empty or anything but one such number.
+bool prom_parse_value(std::string_view text, double* out);
+
 enum class PromLine : uint8_t { sample, skip, malformed };
 
 // First half of a line's parse: classifies <line> (no '\n'; a trailing '\r'

@@ -3,6 +3,8 @@
 //   vllm_v1_2engines.prom  vLLM V1 (0.10/0.11 line), two data-parallel engines;
 //                          written by gen_vllm_fixtures.py from hand-picked numbers
 //   vllm_v0.prom           vLLM V0 (0.6 line): older names, no engine label; same script
+//   vllm_v1_lora.prom      vLLM V1, one engine, --enable-lora: four lora_requests_info
+//                          samples (one per label combination seen); same script
 //   vllm_sim_2engines.prom `build/vllm-sim --port 0 --engines 2` after 7 requests,
 //                          saved with `curl -s http://127.0.0.1:PORT/metrics`
 // The expected numbers below are the hand-picked per-engine values, summed.
@@ -106,6 +108,54 @@ std::string to_crlf(std::string_view text) {
   return out;
 }
 
+void require_same_buckets(const tr::TokenBuckets& a, const tr::TokenBuckets& b) {
+  REQUIRE(a.size == b.size);
+  for (uint32_t i = 0; i < a.size; ++i) {
+    CHECK(a.le[i] == b.le[i]);
+    CHECK(a.cumulative[i] == b.cumulative[i]);
+  }
+  CHECK(a.truncated == b.truncated);
+  CHECK(a.inf_count == b.inf_count);
+  CHECK(a.top_le == b.top_le);
+  CHECK(a.covering_le == b.covering_le);
+}
+
+void require_same_lora(const tr::LoraInfo& a, const tr::LoraInfo& b) {
+  CHECK(a.present == b.present);
+  CHECK(a.max_lora == b.max_lora);
+  CHECK(a.updated_s == b.updated_s);
+  CHECK(a.running.view() == b.running.view());
+  CHECK(a.running.truncated == b.running.truncated);
+  CHECK(a.waiting.view() == b.waiting.view());
+  CHECK(a.waiting.truncated == b.waiting.truncated);
+}
+
+void require_absent_buckets(const tr::TokenBuckets& b) {
+  CHECK(b.size == 0);
+  CHECK_FALSE(b.truncated);
+  CHECK(b.inf_count == -1);
+  CHECK(b.top_le == -1);
+  CHECK(b.covering_le == -1);
+}
+
+void require_absent_lora(const tr::LoraInfo& l) {
+  CHECK_FALSE(l.present);
+  CHECK(l.max_lora == -1);
+  CHECK(l.updated_s == -1);
+  CHECK(l.running.view().empty());
+  CHECK(l.waiting.view().empty());
+  CHECK_FALSE(l.running.truncated);
+  CHECK_FALSE(l.waiting.truncated);
+}
+
+// The bucket of <b> whose bound is <le>: its cumulative count, or -1.
+double cumulative_at(const tr::TokenBuckets& b, double le) {
+  for (uint32_t i = 0; i < b.size; ++i) {
+    if (b.le[i] == le) return b.cumulative[i];
+  }
+  return -1;
+}
+
 void require_same(const EngineMetrics& a, const EngineMetrics& b) {
   CHECK(a.any_vllm == b.any_vllm);
   CHECK(a.engines == b.engines);
@@ -129,6 +179,41 @@ void require_same(const EngineMetrics& a, const EngineMetrics& b) {
   CHECK(a.block_size == b.block_size);
   CHECK(a.num_gpu_blocks == b.num_gpu_blocks);
   CHECK(a.malformed_lines == b.malformed_lines);
+  same_histogram(a.iteration_tokens, b.iteration_tokens);
+  same_histogram(a.queue_time, b.queue_time);
+  same_histogram(a.prefill_time, b.prefill_time);
+  same_histogram(a.decode_time, b.decode_time);
+  same_histogram(a.inference_time, b.inference_time);
+  require_same_buckets(a.iteration_buckets, b.iteration_buckets);
+  require_same_lora(a.lora, b.lora);
+  REQUIRE(a.engine_detail_count == b.engine_detail_count);
+  CHECK(a.engine_detail_truncated == b.engine_detail_truncated);
+  for (uint32_t i = 0; i < a.engine_detail_count; ++i) {
+    const tr::EngineDetail& x = a.engine_detail[i];
+    const tr::EngineDetail& y = b.engine_detail[i];
+    INFO("engine detail " << i);
+    CHECK(x.engine_label() == y.engine_label());
+    CHECK(x.index == y.index);
+    CHECK(x.running == y.running);
+    CHECK(x.waiting == y.waiting);
+    CHECK(x.kv_usage == y.kv_usage);
+    CHECK(x.prefix_queries == y.prefix_queries);
+    CHECK(x.prefix_hits == y.prefix_hits);
+    CHECK(x.prompt_tokens == y.prompt_tokens);
+    CHECK(x.generation_tokens == y.generation_tokens);
+    CHECK(x.preemptions == y.preemptions);
+    CHECK(x.requests_finished == y.requests_finished);
+    for (auto h : {&tr::EngineDetail::ttft, &tr::EngineDetail::itl, &tr::EngineDetail::e2e,
+                   &tr::EngineDetail::iteration_tokens, &tr::EngineDetail::queue_time,
+                   &tr::EngineDetail::prefill_time, &tr::EngineDetail::decode_time,
+                   &tr::EngineDetail::inference_time}) {
+      same_histogram(x.*h, y.*h);
+    }
+    require_same_buckets(x.iteration_buckets, y.iteration_buckets);
+    CHECK(x.block_size == y.block_size);
+    CHECK(x.num_gpu_blocks == y.num_gpu_blocks);
+    require_same_lora(x.lora, y.lora);
+  }
 }
 
 void require_absent(const EngineMetrics& m) {
@@ -147,6 +232,12 @@ void require_absent(const EngineMetrics& m) {
   CHECK_FALSE(m.iteration_tokens.present);
   CHECK(m.block_size == 0);
   CHECK(m.num_gpu_blocks == 0);
+  CHECK_FALSE(m.queue_time.present);
+  CHECK_FALSE(m.prefill_time.present);
+  CHECK_FALSE(m.decode_time.present);
+  CHECK_FALSE(m.inference_time.present);
+  require_absent_buckets(m.iteration_buckets);
+  require_absent_lora(m.lora);
 }
 
 size_t count_sample_lines(std::string_view text) {
@@ -254,8 +345,435 @@ TEST_CASE("vllm-sim exposition, two engines", "[prom]") {
   CHECK(m.malformed_lines == 0);
 }
 
+// ---------------------------------------------------------------------------
+// Engine by engine, request phases, iteration-token buckets, LoRA.
+
+TEST_CASE("V1 fixture: per-engine detail, phase histograms, buckets", "[prom][detail]") {
+  const std::string text = read_fixture("vllm_v1_2engines.prom");
+  EngineMetrics m;
+  REQUIRE(parse_vllm_metrics(text, &m));
+  REQUIRE(m.engine_detail_count == 2);
+  CHECK_FALSE(m.engine_detail_truncated);
+  const tr::EngineDetail& e0 = m.engine_detail[0];
+  const tr::EngineDetail& e1 = m.engine_detail[1];
+  CHECK(e0.engine_label() == "0");
+  CHECK(e0.index == 0);
+  CHECK(e1.engine_label() == "1");
+  CHECK(e1.index == 1);
+  CHECK(e0.running == 5);
+  CHECK(e1.running == 7);
+  CHECK(e0.waiting == 2);
+  CHECK(e1.waiting == 0);
+  CHECK(e0.kv_usage == 0.4375);
+  CHECK(e1.kv_usage == 0.3125);
+  CHECK(e0.prefix_queries == 1823401);
+  CHECK(e1.prefix_hits == 980060);
+  CHECK(e0.preemptions == 3);
+  CHECK(e1.preemptions == 1);
+  CHECK(e0.prompt_tokens == 1902113);
+  CHECK(e1.prompt_tokens == 1810107);
+  CHECK(e0.generation_tokens == 865442);
+  CHECK(e1.generation_tokens == 912340);
+  CHECK(e0.requests_finished == 452);
+  CHECK(e1.requests_finished == 441);
+  CHECK(e0.iteration_tokens.count == 204117);
+  CHECK(e1.iteration_tokens.count == 205030);
+  CHECK(e0.iteration_tokens.sum == 1902113 + 865442);
+  CHECK(e0.block_size == 16);
+  CHECK(e1.num_gpu_blocks == 29127);
+  CHECK(e0.ttft.sum == 85.31729183197021);
+  CHECK(e1.queue_time.sum == 10.001);
+  CHECK(e1.prefill_time.count == 441);
+  require_absent_lora(e0.lora);
+
+  // Request phases, summed.
+  CHECK(m.queue_time.present);
+  CHECK(m.queue_time.count == 893);
+  CHECK(m.queue_time.sum == Approx(12.553 + 10.001));
+  CHECK(m.prefill_time.sum == Approx(71.92 + 66.4));
+  CHECK(m.decode_time.sum == Approx(1818.75 + 1764.15));
+  CHECK(m.inference_time.sum == Approx(1890.67 + 1830.55));
+  CHECK(m.inference_time.count == 893);
+
+  // Iteration buckets: vLLM's fixed layout, 13 finite bounds.
+  const tr::TokenBuckets& b = m.iteration_buckets;
+  REQUIRE(b.size == 13);
+  CHECK_FALSE(b.truncated);
+  CHECK(b.le[0] == 1);
+  CHECK(b.le[12] == 16384);
+  CHECK(b.cumulative[0] == 3016 + 3029);
+  CHECK(cumulative_at(b, 4096) == 204106 + 205019);
+  CHECK(b.inf_count == 409147);
+  CHECK(b.top_le == 16384);
+  // One step in each engine had more than 16384 tokens (a long prompt's
+  // completion): no finite bound covers every observation.
+  CHECK(b.covering_le == std::numeric_limits<double>::infinity());
+  CHECK(e0.iteration_buckets.cumulative[12] == 204116);
+  CHECK(e1.iteration_buckets.cumulative[12] == 205029);
+  CHECK(e1.iteration_buckets.inf_count == 205030);
+  CHECK(e1.iteration_buckets.covering_le == std::numeric_limits<double>::infinity());
+  for (uint32_t i = 1; i < b.size; ++i)
+    CHECK(b.le[i - 1] < b.le[i]);
+  require_absent_lora(m.lora);
+}
+
+TEST_CASE("V0 fixture: one unlabelled engine, lora info, cudagraph-sized buckets",
+          "[prom][detail]") {
+  const std::string text = read_fixture("vllm_v0.prom");
+  EngineMetrics m;
+  REQUIRE(parse_vllm_metrics(text, &m));
+  CHECK(m.engines == 0);  // unchanged: no engine label
+  REQUIRE(m.engine_detail_count == 1);
+  const tr::EngineDetail& e = m.engine_detail[0];
+  CHECK(e.engine_label() == "0");
+  CHECK(e.index == 0);
+  CHECK(e.running == 3);
+  CHECK(e.kv_usage == 0.28340080971659914);
+  CHECK(e.num_gpu_blocks == 27910);
+  CHECK(e.preemptions == 0);
+
+  CHECK(m.queue_time.present);
+  CHECK(m.queue_time.sum == 40.7);
+  CHECK_FALSE(m.prefill_time.present);
+  CHECK_FALSE(m.decode_time.present);
+
+  const tr::TokenBuckets& b = m.iteration_buckets;
+  REQUIRE(b.size == 15);
+  CHECK(b.top_le == 8320);
+  CHECK(b.inf_count == 150221);
+  CHECK(b.covering_le == 8256);  // cumulative 150221 there, 150220 at 8192
+  require_same_buckets(b, e.iteration_buckets);
+
+  // max_lora="0", no adapters: present, empty lists.
+  CHECK(m.lora.present);
+  CHECK(m.lora.max_lora == 0);
+  CHECK(m.lora.updated_s == 1753969901.7710264);
+  CHECK(m.lora.running.view().empty());
+  CHECK(m.lora.waiting.view().empty());
+  require_same_lora(m.lora, e.lora);
+}
+
+TEST_CASE("LoRA fixture: the newest of several lora_requests_info samples", "[prom][lora]") {
+  const std::string text = read_fixture("vllm_v1_lora.prom");
+  EngineMetrics m;
+  REQUIRE(parse_vllm_metrics(text, &m));
+  CHECK(m.malformed_lines == 0);
+  CHECK(m.engines == 1);
+  REQUIRE(m.engine_detail_count == 1);
+  // The third sample is the newest; the fourth was first seen later but last
+  // set earlier.
+  CHECK(m.lora.present);
+  CHECK(m.lora.max_lora == 4);
+  CHECK(m.lora.updated_s == 1753970391.8807077);
+  CHECK(m.lora.running.view() == "sql-lora,chat-lora");
+  CHECK(m.lora.waiting.view() == "summ-lora");
+  CHECK_FALSE(m.lora.running.truncated);
+  // The one engine gets the unlabelled sample.
+  require_same_lora(m.lora, m.engine_detail[0].lora);
+
+  CHECK(m.running == 3);
+  CHECK(m.preemptions == 2);
+  CHECK(m.engine_detail[0].preemptions == 2);
+  CHECK(m.queue_time.sum == 3.25);
+  CHECK(m.queue_time.count == 212);
+  CHECK(m.prefill_time.sum == 17.5);
+  CHECK(m.iteration_tokens.count == 38110);
+  CHECK(m.iteration_buckets.covering_le == 8192);
+  CHECK(m.iteration_buckets.top_le == 16384);
+  CHECK(m.num_gpu_blocks == 21048);
+}
+
+TEST_CASE("two engines with engine-labelled lora samples and buckets", "[prom][lora][detail]") {
+  const char* text =
+      "vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 4\n"
+      "vllm:num_requests_running{engine=\"1\",model_name=\"m\"} 6\n"
+      "vllm:num_preemptions_total{engine=\"0\",model_name=\"m\"} 7\n"
+      "vllm:num_preemptions_total{engine=\"1\",model_name=\"m\"} 2\n"
+      "vllm:lora_requests_info{engine=\"0\",max_lora=\"2\",running_lora_adapters=\"a,b\","
+      "waiting_lora_adapters=\"\"} 100\n"
+      "vllm:lora_requests_info{engine=\"0\",max_lora=\"2\",running_lora_adapters=\"c\","
+      "waiting_lora_adapters=\"a\"} 300\n"
+      "vllm:lora_requests_info{engine=\"0\",max_lora=\"2\",running_lora_adapters=\"x\","
+      "waiting_lora_adapters=\"y\"} 200\n"
+      "vllm:lora_requests_info{engine=\"1\",max_lora=\"3\",running_lora_adapters=\"b,c\","
+      "waiting_lora_adapters=\"d\"} 250\n"
+      "vllm:lora_requests_info{engine=\"1\",max_lora=\"3\",running_lora_adapters=\"z\","
+      "waiting_lora_adapters=\"\"} NaN\n"
+      // Buckets: engine 1 lists them in another order and spells the bounds
+      // differently; engine 1 has one observation above its top bucket.
+      "vllm:iteration_tokens_total_bucket{engine=\"0\",le=\"8.0\"} 5\n"
+      "vllm:iteration_tokens_total_bucket{engine=\"0\",le=\"64.0\"} 9\n"
+      "vllm:iteration_tokens_total_bucket{engine=\"0\",le=\"512.0\"} 10\n"
+      "vllm:iteration_tokens_total_bucket{engine=\"0\",le=\"+Inf\"} 10\n"
+      "vllm:iteration_tokens_total_bucket{engine=\"1\",le=\"+Inf\"} 4\n"
+      "vllm:iteration_tokens_total_bucket{engine=\"1\",le=\"512\"} 3\n"
+      "vllm:iteration_tokens_total_bucket{engine=\"1\",le=\"8\"} 1\n"
+      "vllm:iteration_tokens_total_bucket{engine=\"1\",le=\"64\"} 3\n"
+      "vllm:iteration_tokens_total_count{engine=\"1\"} 4\n"
+      "vllm:iteration_tokens_total_sum{engine=\"1\"} 1500\n";
+  EngineMetrics m;
+  REQUIRE(parse_vllm_metrics(text, &m));
+  CHECK(m.engines == 2);
+  REQUIRE(m.engine_detail_count == 2);
+  const tr::EngineDetail& e0 = m.engine_detail[0];
+  const tr::EngineDetail& e1 = m.engine_detail[1];
+  CHECK(e0.running == 4);
+  CHECK(e1.running == 6);
+  CHECK(e0.preemptions == 7);
+  CHECK(e1.preemptions == 2);
+  CHECK(m.preemptions == 9);
+
+  // Each engine: its sample with the largest value (NaN ignored).
+  CHECK(e0.lora.max_lora == 2);
+  CHECK(e0.lora.updated_s == 300);
+  CHECK(e0.lora.running.view() == "c");
+  CHECK(e0.lora.waiting.view() == "a");
+  CHECK(e1.lora.max_lora == 3);
+  CHECK(e1.lora.updated_s == 250);
+  CHECK(e1.lora.running.view() == "b,c");
+  CHECK(e1.lora.waiting.view() == "d");
+  // The sum: union in order of first appearance, the largest max_lora.
+  CHECK(m.lora.present);
+  CHECK(m.lora.max_lora == 3);
+  CHECK(m.lora.updated_s == 300);
+  CHECK(m.lora.running.view() == "c,b");
+  CHECK(m.lora.waiting.view() == "a,d");
+
+  // Buckets, per engine and summed by bound.
+  REQUIRE(e1.iteration_buckets.size == 3);
+  CHECK(e1.iteration_buckets.le[0] == 8);
+  CHECK(e1.iteration_buckets.cumulative[0] == 1);
+  CHECK(e1.iteration_buckets.le[2] == 512);
+  CHECK(e1.iteration_buckets.covering_le == std::numeric_limits<double>::infinity());
+  CHECK(e0.iteration_buckets.covering_le == 512);
+  CHECK(e0.iteration_buckets.top_le == 512);
+  CHECK_FALSE(e0.iteration_tokens.present);
+  CHECK(e1.iteration_tokens.present);
+  CHECK(e1.iteration_tokens.sum == 1500);
+  const tr::TokenBuckets& b = m.iteration_buckets;
+  REQUIRE(b.size == 3);
+  CHECK(b.cumulative[0] == 6);
+  CHECK(b.cumulative[1] == 12);
+  CHECK(b.cumulative[2] == 13);
+  CHECK(b.inf_count == 14);
+  CHECK(b.covering_le == std::numeric_limits<double>::infinity());
+}
+
+TEST_CASE("unlabelled lora info with several engines stays in the sum", "[prom][lora]") {
+  const char* text =
+      "vllm:num_requests_running{engine=\"0\"} 1\n"
+      "vllm:num_requests_running{engine=\"1\"} 1\n"
+      "vllm:lora_requests_info{max_lora=\"1\",running_lora_adapters=\"old\","
+      "waiting_lora_adapters=\"\"} 1.75e+09\n"
+      "vllm:lora_requests_info{max_lora=\"1\",running_lora_adapters=\"new\","
+      "waiting_lora_adapters=\"\"} 1.76e+09\n";
+  EngineMetrics m;
+  REQUIRE(parse_vllm_metrics(text, &m));
+  REQUIRE(m.engine_detail_count == 2);
+  require_absent_lora(m.engine_detail[0].lora);
+  require_absent_lora(m.engine_detail[1].lora);
+  CHECK(m.lora.present);
+  CHECK(m.lora.max_lora == 1);
+  CHECK(m.lora.running.view() == "new");
+
+  // With no other family the unlabelled sample makes engine "0".
+  REQUIRE(
+      parse_vllm_metrics("vllm:lora_requests_info{max_lora=\"None\",running_lora_adapters=\"a\","
+                         "waiting_lora_adapters=\"b,,a\"} 5\n",
+                         &m));
+  REQUIRE(m.engine_detail_count == 1);
+  CHECK(m.engine_detail[0].engine_label() == "0");
+  CHECK(m.engines == 0);
+  CHECK(m.lora.max_lora == -1);  // not a number
+  CHECK(m.lora.present);
+  CHECK(m.lora.waiting.view() == "b,a");  // empty names dropped
+  require_same_lora(m.lora, m.engine_detail[0].lora);
+
+  // Only non-finite values: absent.
+  REQUIRE(
+      parse_vllm_metrics("vllm:lora_requests_info{max_lora=\"1\",running_lora_adapters=\"a\","
+                         "waiting_lora_adapters=\"\"} +Inf\n",
+                         &m));
+  require_absent_lora(m.lora);
+}
+
+TEST_CASE("long adapter lists are cut at a name boundary", "[prom][lora]") {
+  // 60 names of 9 bytes ("adapter00".."adapter59"): 599 bytes with commas.
+  std::string list;
+  for (int i = 0; i < 60; ++i) {
+    char name[16];
+    std::snprintf(name, sizeof name, "adapter%02d", i);
+    if (!list.empty()) list += ',';
+    list += name;
+  }
+  const std::string text = "vllm:lora_requests_info{max_lora=\"8\",running_lora_adapters=\"" +
+                           list + "\",waiting_lora_adapters=\"" + list.substr(0, 509) + "\"} 7\n";
+  EngineMetrics m;
+  REQUIRE(parse_vllm_metrics(text, &m));
+  const tr::AdapterList& r = m.lora.running;
+  CHECK(r.truncated);
+  // 51 names fit (51 x 10 - 1 = 509 bytes); the 52nd would need 519.
+  CHECK(r.size == 509);
+  CHECK(r.view() == list.substr(0, 509));
+  CHECK(r.view().back() != ',');
+  // Exactly 51 names: not truncated.
+  CHECK_FALSE(m.lora.waiting.truncated);
+  CHECK(m.lora.waiting.view() == list.substr(0, 509));
+
+  // A list of exactly kLoraListBytesMax bytes fits; one byte more does not.
+  const std::string a(tr::kLoraListBytesMax - 2, 'a');
+  struct Case {
+    std::string names;
+    bool truncated;
+    std::string kept;
+  };
+  const Case cases[] = {
+      {a + ",b", false, a + ",b"},  // 512 bytes
+      {a + ",bc", true, a},         // 513: the last name does not fit
+      {a + "aaa", true, ""},        // one name of 513 bytes
+  };
+  for (const Case& c : cases) {
+    INFO(c.names.size());
+    REQUIRE(parse_vllm_metrics(
+        "vllm:lora_requests_info{running_lora_adapters=\"" + c.names + "\"} 1\n", &m));
+    CHECK(m.lora.running.truncated == c.truncated);
+    CHECK(m.lora.running.view() == c.kept);
+  }
+
+  // The sum of two engines' lists is truncated the same way.
+  const std::string half = list.substr(0, 299);  // adapter00..adapter29
+  const std::string rest = list.substr(300);     // adapter30..adapter59
+  const std::string two =
+      "vllm:lora_requests_info{engine=\"0\",running_lora_adapters=\"" + half + "\"} 1\n" +
+      "vllm:lora_requests_info{engine=\"1\",running_lora_adapters=\"" + rest + "\"} 1\n";
+  REQUIRE(parse_vllm_metrics(two, &m));
+  CHECK_FALSE(m.engine_detail[0].lora.running.truncated);
+  CHECK_FALSE(m.engine_detail[1].lora.running.truncated);
+  CHECK(m.lora.running.truncated);
+  CHECK(m.lora.running.view() == list.substr(0, 509));
+
+  // Escaped names are stored unescaped.
+  REQUIRE(parse_vllm_metrics(
+      "vllm:lora_requests_info{running_lora_adapters=\"q\\\"x,b\\\\s,n\\nl\"} 1\n", &m));
+  CHECK(m.lora.running.view() == "q\"x,b\\s,n\nl");
+}
+
+TEST_CASE("iteration buckets: bounds, +Inf, limits, bad samples", "[prom][buckets]") {
+  EngineMetrics m;
+  // No observations: covering is 0.
+  REQUIRE(
+      parse_vllm_metrics("vllm:iteration_tokens_total_bucket{le=\"1.0\"} 0\n"
+                         "vllm:iteration_tokens_total_bucket{le=\"8.0\"} 0\n"
+                         "vllm:iteration_tokens_total_bucket{le=\"+Inf\"} 0\n",
+                         &m));
+  CHECK(m.iteration_buckets.covering_le == 0);
+  CHECK(m.iteration_buckets.top_le == 8);
+  CHECK(m.iteration_buckets.inf_count == 0);
+  // No +Inf bucket: unknown.
+  REQUIRE(parse_vllm_metrics("vllm:iteration_tokens_total_bucket{le=\"8\"} 3\n", &m));
+  CHECK(m.iteration_buckets.size == 1);
+  CHECK(m.iteration_buckets.inf_count == -1);
+  CHECK(m.iteration_buckets.covering_le == -1);
+  // Bad le or value: the sample is ignored; the smallest covering bound wins.
+  REQUIRE(
+      parse_vllm_metrics("vllm:iteration_tokens_total_bucket{le=\"-Inf\"} 3\n"
+                         "vllm:iteration_tokens_total_bucket{le=\"NaN\"} 3\n"
+                         "vllm:iteration_tokens_total_bucket{le=\"-2\"} 3\n"
+                         "vllm:iteration_tokens_total_bucket{le=\"x\"} 3\n"
+                         "vllm:iteration_tokens_total_bucket{} 3\n"
+                         "vllm:iteration_tokens_total_bucket{le=\"4\"} NaN\n"
+                         "vllm:iteration_tokens_total_bucket{le=\"16\"} 3\n"
+                         "vllm:iteration_tokens_total_bucket{le=\"32\"} 3\n"
+                         "vllm:iteration_tokens_total_bucket{le=\"Inf\"} 3\n",
+                         &m));
+  REQUIRE(m.iteration_buckets.size == 2);
+  CHECK(m.iteration_buckets.le[0] == 16);
+  CHECK(m.iteration_buckets.covering_le == 16);
+  CHECK(m.iteration_buckets.top_le == 32);
+  CHECK(m.malformed_lines == 0);
+  CHECK(m.engine_detail_count == 1);
+  CHECK_FALSE(m.iteration_tokens.present);  // buckets alone: no _sum/_count
+
+  // More finite bounds than kIterationBucketsMax (the capture sizes of older
+  // vLLM: 1 2 4 8 16 ... 512): the first ones are kept, top_le sees them all.
+  std::string many;
+  std::vector<int> bounds = {1, 2, 4};
+  for (int v = 8; v < 256; v += 8)
+    bounds.push_back(v);
+  for (int v = 256; v <= 512; v += 16)
+    bounds.push_back(v);
+  REQUIRE(bounds.size() > tr::kIterationBucketsMax);
+  for (size_t i = 0; i < bounds.size(); ++i) {
+    many += "vllm:iteration_tokens_total_bucket{engine=\"0\",le=\"" + std::to_string(bounds[i]) +
+            ".0\"} " +
+            std::to_string(bounds[i] >= 300   ? 50
+                           : bounds[i] >= 100 ? 40
+                                              : 10) +
+            "\n";
+  }
+  many += "vllm:iteration_tokens_total_bucket{engine=\"0\",le=\"+Inf\"} 50\n";
+  REQUIRE(parse_vllm_metrics(many, &m));
+  const tr::TokenBuckets& b = m.iteration_buckets;
+  CHECK(b.truncated);
+  CHECK(b.size == tr::kIterationBucketsMax);
+  CHECK(b.le[b.size - 1] == bounds[tr::kIterationBucketsMax - 1]);
+  CHECK(b.top_le == 512);
+  // The recorded bounds stop below 300: none covers, so +Inf (a valid bound).
+  CHECK(b.covering_le == std::numeric_limits<double>::infinity());
+  require_same_buckets(b, m.engine_detail[0].iteration_buckets);
+}
+
+TEST_CASE("engine detail: order, unlabelled samples, the bound", "[prom][detail]") {
+  EngineMetrics m;
+  // Order of first appearance; unlabelled samples join engine "0".
+  REQUIRE(
+      parse_vllm_metrics("vllm:num_requests_waiting{engine=\"7\"} 1\n"
+                         "vllm:num_requests_waiting 2\n"
+                         "vllm:num_requests_waiting{engine=\"0\"} 3\n"
+                         "vllm:num_requests_waiting{engine=\"replica-b-engine-long\"} 4\n",
+                         &m));
+  REQUIRE(m.engine_detail_count == 3);
+  CHECK(m.engines == 3);  // 7, 0, the long one: as always, unlabelled not counted
+  CHECK(m.engine_detail[0].engine_label() == "7");
+  CHECK(m.engine_detail[0].index == 7);
+  CHECK(m.engine_detail[1].engine_label() == "0");
+  CHECK(m.engine_detail[1].waiting == 5);
+  CHECK(m.engine_detail[2].engine_label() == "replica-b-engine");  // cut to 16 bytes
+  CHECK(m.engine_detail[2].index == -1);
+  CHECK(m.engine_detail[2].waiting == 4);
+  CHECK(m.waiting == 10);
+
+  // Families read only since the breakdown do not change `engines`.
+  REQUIRE(
+      parse_vllm_metrics("vllm:request_queue_time_seconds_sum{engine=\"3\"} 1.5\n"
+                         "vllm:request_queue_time_seconds_count{engine=\"3\"} 2\n",
+                         &m));
+  CHECK(m.engines == 0);
+  REQUIRE(m.engine_detail_count == 1);
+  CHECK(m.engine_detail[0].engine_label() == "3");
+  CHECK(m.engine_detail[0].queue_time.sum == 1.5);
+  CHECK(m.queue_time.count == 2);
+
+  // Past kEngineDetailMax engines: summed, counted, not listed.
+  std::string many;
+  for (size_t e = 0; e < tr::kEngineDetailMax + 3; ++e) {
+    many += "vllm:num_requests_running{engine=\"" + std::to_string(e) + "\"} 1\n";
+    many += "vllm:num_gpu_blocks_unknown{engine=\"" + std::to_string(e) + "\"} 1\n";
+  }
+  REQUIRE(parse_vllm_metrics(many, &m));
+  CHECK(m.engine_detail_count == tr::kEngineDetailMax);
+  CHECK(m.engine_detail_truncated);
+  CHECK(m.engines == tr::kEngineDetailMax + 3);
+  CHECK(m.running == static_cast<double>(tr::kEngineDetailMax + 3));
+  CHECK(m.engine_detail[tr::kEngineDetailMax - 1].engine_label() ==
+        std::to_string(tr::kEngineDetailMax - 1));
+  for (uint32_t i = 0; i < m.engine_detail_count; ++i)
+    CHECK(m.engine_detail[i].running == 1);
+}
+
 TEST_CASE("every fixture line parses; +Inf buckets match _count", "[prom]") {
-  for (const char* name : {"vllm_v1_2engines.prom", "vllm_v0.prom", "vllm_sim_2engines.prom"}) {
+  for (const char* name :
+       {"vllm_v1_2engines.prom", "vllm_v0.prom", "vllm_v1_lora.prom", "vllm_sim_2engines.prom"}) {
     INFO(name);
     const std::string text = read_fixture(name);
     const Collected c = collect(text);
@@ -288,9 +806,15 @@ TEST_CASE("every fixture line parses; +Inf buckets match _count", "[prom]") {
 
 TEST_CASE("parsing allocates nothing", "[prom]") {
   const std::string text = read_fixture("vllm_v1_2engines.prom");
+  const std::string lora = read_fixture("vllm_v1_lora.prom");
+  const std::string escaped_lora =
+      "vllm:lora_requests_info{engine=\"0\",running_lora_adapters=\"a\\\"b,c\"} 1\n"
+      "vllm:lora_requests_info{running_lora_adapters=\"d,a\\\"b\"} 2\n";
   EngineMetrics m;
   double total = 0;
   const uint64_t before = g_allocations;
+  const bool found_lora = parse_vllm_metrics(lora, &m) && m.lora.present;
+  const bool found_escaped = parse_vllm_metrics(escaped_lora, &m) && m.lora.present;
   const bool found = parse_vllm_metrics(text, &m);
   const size_t malformed = parse_prometheus(text, [&](const PromSample& s) {
     total += s.value;
@@ -298,6 +822,8 @@ TEST_CASE("parsing allocates nothing", "[prom]") {
   });
   const uint64_t allocations = g_allocations - before;
   CHECK(found);
+  CHECK(found_lora);
+  CHECK(found_escaped);
   CHECK(malformed == 0);
   CHECK(total > 0);
   CHECK(allocations == 0);
@@ -508,6 +1034,7 @@ TEST_CASE("empty input", "[prom]") {
   CHECK_FALSE(m.any_vllm);
   CHECK(m.engines == 0);
   require_absent(m);
+  CHECK(m.engine_detail_count == 0);
   CHECK(m.malformed_lines == 0);
   CHECK_FALSE(parse_vllm_metrics("\n\n# only comments\n", &m));
 }
@@ -745,7 +1272,8 @@ double ns_per_byte(const std::string& text, F&& fn) {
 }
 
 TEST_CASE("parse cost per byte", "[.perf]") {
-  for (const char* name : {"vllm_v1_2engines.prom", "vllm_v0.prom", "vllm_sim_2engines.prom"}) {
+  for (const char* name :
+       {"vllm_v1_2engines.prom", "vllm_v0.prom", "vllm_v1_lora.prom", "vllm_sim_2engines.prom"}) {
     const std::string text = read_fixture(name);
     volatile double sink = 0;
     const double vllm = ns_per_byte(text, [&] {
