@@ -10,6 +10,15 @@ namespace tr::estimator {
 // vLLM V1 defaults when the replica's config does not say.
 inline constexpr uint32_t kDefaultBudgetTokens = 2048;  // max_num_batched_tokens
 inline constexpr uint32_t kDefaultMaxNumSeqs = 256;     // max_num_seqs
+// Data-parallel engines behind one URL (--data-parallel-size): 1 when unknown,
+// clamped to kEnginesMax.
+inline constexpr uint32_t kDefaultEngines = 1;
+inline constexpr uint32_t kEnginesMax = 1024;
+// Loading a LoRA adapter that is not among the running ones (from the CPU
+// cache or disk into a GPU slot): an assumed cost when the caller has no
+// measurement; a caller's value is clamped to kLoraLoadMaxS.
+inline constexpr double kDefaultLoraLoadS = 0.05;
+inline constexpr double kLoraLoadMaxS = 10.0;
 
 // Step time model: step_time_s(tokens) = step_base_s + step_per_token_s * tokens.
 // Prior for an uncalibrated replica (a mid-size model on one datacenter GPU).

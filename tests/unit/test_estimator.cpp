@@ -1,5 +1,6 @@
 // Estimator (src/estimator): token estimation, step-time calibration and the
 // latency model. Pure code: no sockets, no clocks (except the [.perf] timing).
+#include <algorithm>
 #include <atomic>
 #include <catch.hpp>
 #include <chrono>
@@ -46,7 +47,54 @@ RequestFacts facts(const char* model, uint64_t chars, uint32_t messages = 0,
 
 bool sane(const Prediction& p) {
   return std::isfinite(p.ttft_s) && std::isfinite(p.completion_s) && p.ttft_s >= 0 &&
-         p.completion_s >= 0 && p.ttft_s <= p.completion_s;
+         p.completion_s >= 0 && p.ttft_s <= p.completion_s && std::isfinite(p.imposed_s) &&
+         p.imposed_s >= 0;
+}
+
+// predict() as it was before the data-parallel, KV-fit, preemption,
+// long-prefill, priority and LoRA terms (commit 033ac4d), kept verbatim: with
+// those inputs at their defaults predict() must return exactly this.
+Prediction predict_before_extensions(const ReplicaLoad& r, const RequestCost& q) {
+  using namespace tr::estimator;
+  auto clean_amount = [](double x) { return x > 0 ? std::min(x, kLoadMax) : 0.0; };
+  auto clean_step = [](double x, double def, double max) {
+    return x >= 0 ? std::min(x, max) : def;
+  };
+  const double budget = r.budget_tokens ? r.budget_tokens : kDefaultBudgetTokens;
+  const double seqs = r.max_num_seqs ? r.max_num_seqs : kDefaultMaxNumSeqs;
+  const double base = clean_step(r.step_base_s, kDefaultStepBaseS, kStepBaseMaxS);
+  const double per_token = clean_step(r.step_per_token_s, kDefaultStepPerTokenS, kStepPerTokenMaxS);
+  const double running = clean_amount(r.running);
+  const double waiting = clean_amount(r.waiting);
+  const double prompt = std::max<uint32_t>(q.prompt_tokens, 1);
+  const double output = std::max<uint32_t>(q.output_tokens, 1);
+  const double decodes = std::min(running, seqs);
+  const double chunk = std::max(budget - decodes, budget / 8);
+  const double prefill = clean_amount(r.prefill_tokens_queued) + prompt;
+  const double steps = std::max(1.0, std::ceil(prefill / chunk));
+  const double prefill_s = steps * (base + per_token * decodes) + per_token * prefill;
+  const double remaining = clean_amount(r.decode_tokens_remaining);
+  const double mean_remaining =
+      decodes >= 1 && remaining > 0 ? remaining / decodes : kSlotWaitDefaultRemainingTokens;
+  double slot_wait_s = 0;
+  if (running + waiting >= seqs) {
+    const double excess = running + waiting + 1 - seqs;
+    slot_wait_s = excess * mean_remaining / seqs * (base + per_token * seqs);
+  }
+  const double batch = std::min(running + waiting + 1, seqs);
+  const double decode_s = (output - 1) * (base + per_token * batch);
+  const double imposed_s = per_token * decodes * (prompt + std::min(output, mean_remaining));
+  const double kv = kv_penalty(r.kv_usage);
+  const double first_s = slot_wait_s + prefill_s;
+  Prediction p;
+  p.ttft_s = first_s * (1.0 + kKvTtftShare * (kv - 1.0));
+  p.completion_s = (first_s + decode_s) * kv;
+  p.imposed_s = imposed_s;
+  return p;
+}
+
+bool same(const Prediction& a, const Prediction& b) {
+  return a.ttft_s == b.ttft_s && a.completion_s == b.completion_s && a.imposed_s == b.imposed_s;
 }
 
 }  // namespace
@@ -224,6 +272,400 @@ TEST_CASE("max_num_seqs saturation adds the wait for a slot", "[estimator][predi
   CHECK(predict(r, {100, 1}).ttft_s == Approx(0.01932 + 0.24512));
 }
 
+TEST_CASE("new inputs at their defaults reproduce the previous model exactly",
+          "[estimator][predict]") {
+  // A grid of loads through every regime (idle, chunked, saturated, KV knee)
+  // with the new fields untouched: bit-identical to the kept copy.
+  int cases = 0;
+  for (uint32_t budget : {0u, 512u, 2048u, 8192u})
+    for (uint32_t seqs : {0u, 8u, 64u, 256u})
+      for (double running : {0.0, 0.5, 3.0, 40.0, 300.0})
+        for (double waiting : {0.0, 2.0, 50.0})
+          for (double queued : {0.0, 1500.0, 30000.0})
+            for (double remaining : {0.0, 900.0, 40000.0})
+              for (double kv : {-1.0, 0.5, 0.9, 0.99})
+                for (RequestCost q : {RequestCost{0, 0}, RequestCost{100, 1},
+                                      RequestCost{5000, 200}, RequestCost{70000, 4000}}) {
+                  ReplicaLoad r;
+                  r.budget_tokens = budget;
+                  r.max_num_seqs = seqs;
+                  r.step_base_s = 0.008 + 0.001 * (cases % 7);
+                  r.step_per_token_s = 20e-6 + 1e-6 * (cases % 11);
+                  r.running = running;
+                  r.waiting = waiting;
+                  r.prefill_tokens_queued = queued;
+                  r.decode_tokens_remaining = remaining;
+                  r.kv_usage = kv;
+                  const Prediction want = predict_before_extensions(r, q);
+                  INFO("case " << cases);
+                  REQUIRE(same(predict(r, q), want));
+                  // The "off" values other than the defaults are off too (the
+                  // threshold above every chunk takes predict()'s general path).
+                  ReplicaLoad off = r;
+                  off.engines = 0;  // reads as 1
+                  off.kv_free_tokens = std::nan("");
+                  off.preemptions_per_s = -3;
+                  off.long_prefill_threshold = 1u << 30;  // above any chunk
+                  off.priority_scheduling = false;
+                  off.waiting_by_class = {7, 8, 9};  // ignored without priority mode
+                  off.prefill_tokens_by_class = {700, 800, 900};
+                  off.max_loras = 1;  // ignored: the request names no adapter
+                  off.loras_running = 5;
+                  off.lora_load_s = 3;
+                  RequestCost oq = q;
+                  oq.priority = -5;
+                  REQUIRE(same(predict(off, oq), want));
+                  // An adapter that is running there costs nothing.
+                  RequestCost aq = q;
+                  aq.adapter = true;
+                  ReplicaLoad resident = off;
+                  resident.adapter_resident = true;
+                  REQUIRE(same(predict(resident, aq), want));
+                  // Priority mode with no breakdown, for a priority-0 request:
+                  // everything is ahead of it, as FCFS.
+                  ReplicaLoad prio = r;
+                  prio.priority_scheduling = true;
+                  REQUIRE(same(predict(prio, q), want));
+                  ++cases;
+                }
+  CHECK(cases == 4 * 4 * 5 * 3 * 3 * 3 * 4 * 4);
+}
+
+TEST_CASE("data-parallel engines: the request sees one engine's share", "[estimator][predict]") {
+  ReplicaLoad one;  // one engine: 10 running, 3,000 prefill tokens queued
+  one.running = 10;
+  one.prefill_tokens_queued = 3000;
+  one.decode_tokens_remaining = 1000;
+  ReplicaLoad four = one;  // four such engines behind one URL: the totals are 4x
+  four.engines = 4;
+  four.running = 40;
+  four.prefill_tokens_queued = 12000;
+  four.decode_tokens_remaining = 4000;
+  const Prediction p = predict(four, {100, 50});
+  // Per engine D = 10, C = 2038, P = 3000 + 100, n = ceil(1.521) = 2:
+  // ttft = 2 * (a + 10b) + b * 3100 = 2 * 0.0154 + 0.124 = 0.1548
+  CHECK(p.ttft_s == Approx(0.1548));
+  CHECK(same(p, predict(one, {100, 50})));
+  // Imposed: only the engine it joins: b * 10 * (100 + min(50, m = 100)) = 0.06
+  CHECK(p.imposed_s == Approx(0.06));
+  // The same totals on one engine: D = 40, C = 2008, P = 12100, n = 7:
+  // 7 * (a + 40b) + b * 12100 = 0.1162 + 0.484 = 0.6002: four engines win.
+  ReplicaLoad lumped = four;
+  lumped.engines = 1;
+  CHECK(predict(lumped, {100, 50}).ttft_s == Approx(0.6002));
+  // Slot wait per engine: S = 8 each, 32 running over 4 engines -> 8 each: saturated.
+  ReplicaLoad sat;
+  sat.engines = 4;
+  sat.max_num_seqs = 8;
+  sat.running = 32;
+  sat.decode_tokens_remaining = 3200;  // m = 100
+  // As the single-engine case above: 0.01932 + 0.1915
+  CHECK(predict(sat, {100, 1}).ttft_s == Approx(0.01932 + 0.1915));
+}
+
+TEST_CASE("long_prefill_token_threshold caps our chunk per step", "[estimator][predict]") {
+  ReplicaLoad r;  // idle, C = 2048
+  r.long_prefill_threshold = 512;
+  // Idle: j = 0, r = 0, g = 512, n = 1 + ceil(4488 / 512) = 1 + 9 = 10 (vs 3 without):
+  // ttft = 10 * a + b * 5000 = 0.15 + 0.2
+  CHECK(predict(r, {5000, 1}).ttft_s == Approx(0.35));
+  // A prompt under the threshold is not affected: a + b * 500
+  CHECK(predict(r, {500, 1}).ttft_s == Approx(0.035));
+  // Behind a queue that ends mid-step: Q = 3000 -> j = 1, r = 952, g = min(512, 1096, 2000),
+  // n = 1 + 1 + ceil(1488 / 512) = 5; max(ceil(5000 / 2048), ceil(2000 / 512)) would say 4.
+  // ttft = 5 * a + b * 5000 = 0.075 + 0.2
+  r.prefill_tokens_queued = 3000;
+  CHECK(predict(r, {2000, 1}).ttft_s == Approx(0.275));
+  // Without the threshold: n = ceil(5000 / 2048) = 3 -> 0.045 + 0.2
+  ReplicaLoad off = r;
+  off.long_prefill_threshold = 0;
+  CHECK(predict(off, {2000, 1}).ttft_s == Approx(0.245));
+  // Queue ending on a step boundary: Q = 4096 -> j = 2, r = 0, g = 512, n = 3 + ceil(1488 / 512)
+  // = 6: 6a + b * 6096 = 0.09 + 0.24384
+  r.prefill_tokens_queued = 4096;
+  CHECK(predict(r, {2000, 1}).ttft_s == Approx(0.33384));
+  // A threshold at or above C changes nothing.
+  for (uint32_t t : {2048u, 4096u}) {
+    ReplicaLoad big = r;
+    big.long_prefill_threshold = t;
+    ReplicaLoad none = r;
+    none.long_prefill_threshold = 0;
+    CHECK(same(predict(big, {2000, 1}), predict(none, {2000, 1})));
+  }
+  // Never faster than without it, at least ceil(p / T) steps, monotonic in the queue.
+  std::mt19937_64 rng(77);
+  std::uniform_real_distribution<double> u(0, 1);
+  for (int i = 0; i < 2000; ++i) {
+    ReplicaLoad x;
+    x.running = 100 * u(rng);
+    x.budget_tokens = 512 + static_cast<uint32_t>(8000 * u(rng));
+    x.long_prefill_threshold = 16 + static_cast<uint32_t>(4000 * u(rng));
+    x.prefill_tokens_queued = 40000 * u(rng);
+    const RequestCost q{1 + static_cast<uint32_t>(30000 * u(rng)), 1};
+    ReplicaLoad y = x;
+    y.long_prefill_threshold = 0;
+    const double capped = predict(x, q).ttft_s;
+    CHECK(capped >= predict(y, q).ttft_s * (1 - 1e-12));
+    const double steps_min = std::ceil(q.prompt_tokens / double(x.long_prefill_threshold));
+    CHECK(capped >= steps_min * kA * (1 - 1e-12));
+    ReplicaLoad more = x;
+    more.prefill_tokens_queued += 1 + 3000 * u(rng);
+    CHECK(predict(more, q).ttft_s >= capped);
+  }
+}
+
+TEST_CASE("KV fit: a request that cannot fit waits for running requests to free blocks",
+          "[estimator][predict]") {
+  ReplicaLoad r;
+  r.running = 50;
+  r.decode_tokens_remaining = 5000;  // m = 100
+  r.kv_usage = 0.8;                  // below the knee: no penalty, the fit alone
+  r.kv_free_tokens = 10000;          // H = 10000 * 0.8 / 0.2 = 40000, h = 800
+  // Prefill (all cases): D = 50, C = 1998, n = ceil(20000 / 1998) = 11:
+  // 11 * (a + 50b) + b * 20000 = 0.187 + 0.8 = 0.987
+  ReplicaLoad unknown = r;
+  unknown.kv_free_tokens = -1;
+  CHECK(predict(unknown, {20000, 100}).ttft_s == Approx(0.987));
+  // Admission: missing = 20000 - 10000; life: 20100 - 10000 - 40000 * min(1, 100 / 100) < 0.
+  // ceil(10000 / 800) = 13 completions, * m / D = 26 steps of a + 50b = 0.017 -> 0.442
+  CHECK(predict(r, {20000, 100}).ttft_s == Approx(0.987 + 0.442));
+  // The same prompt fits with room: no wait whatever is running.
+  ReplicaLoad roomy = r;
+  roomy.kv_free_tokens = 25000;
+  CHECK(same(predict(roomy, {20000, 100}), predict(unknown, {20000, 100})));
+  // Over its life: 10 running, m = 4000, u = 0.25, F = 6000 -> H = 2000, h = 200.
+  // p = 5000 fits; with o = 3000: 8000 - 6000 - 2000 * min(1, 3000 / 4000) = 500 missing,
+  // ceil(500 / 200) = 3 completions * 4000 / 10 = 1200 steps of a + 10b = 0.0154 -> 18.48 s.
+  ReplicaLoad life;
+  life.running = 10;
+  life.decode_tokens_remaining = 40000;
+  life.kv_usage = 0.25;
+  life.kv_free_tokens = 6000;
+  Prediction p = predict(life, {5000, 3000});
+  // prefill: C = 2038, n = 3: 3 * 0.0154 + b * 5000 = 0.2462
+  CHECK(p.ttft_s == Approx(0.2462 + 18.48));
+  // decode: 2999 steps at a + 11b = 0.01544 -> 46.30456
+  CHECK(p.completion_s == Approx(0.2462 + 18.48 + 46.30456));
+  // With a shorter output (o = 2000): 7000 - 6000 - 1000 = 0 missing: no wait.
+  CHECK(predict(life, {5000, 2000}).ttft_s == Approx(0.2462));
+  // The prefill queued ahead takes its blocks first.
+  life.prefill_tokens_queued = 1500;  // admission: 6500 - 6000 = 500 missing -> 18.48 s again
+  // prefill: P = 6500, n = 4: 4 * 0.0154 + b * 6500 = 0.3216
+  CHECK(predict(life, {5000, 1}).ttft_s == Approx(0.3216 + 18.48));
+  // The slot wait and the KV wait overlap: the longer one counts.
+  ReplicaLoad both = r;
+  both.max_num_seqs = 50;  // excess 1: 1 * 100 / 50 = 2 steps of a + 50b = 0.034 < 0.442
+  CHECK(predict(both, {20000, 100}).ttft_s == Approx(0.987 + 0.442));
+  // The KV penalty applies to the rest, not to the hard wait: at u = 0.95,
+  // F = 10000 -> H = 190000, h = 3800, missing 10000 -> 3 completions, 6 steps = 0.102;
+  // ttft = 0.987 * (1 + 0.5 * 1.666667) + 0.102
+  ReplicaLoad hot = r;
+  hot.kv_usage = 0.95;
+  CHECK(predict(hot, {20000, 100}).ttft_s == Approx(0.987 * 1.833333 + 0.102).epsilon(1e-5));
+}
+
+TEST_CASE("KV fit: less free KV is never faster", "[estimator][predict]") {
+  std::mt19937_64 rng(31);
+  std::uniform_real_distribution<double> u(0, 1);
+  for (int i = 0; i < 500; ++i) {
+    ReplicaLoad r;
+    r.running = 200 * u(rng);
+    r.waiting = 10 * u(rng);
+    r.prefill_tokens_queued = 20000 * u(rng);
+    r.decode_tokens_remaining = 50000 * u(rng);
+    r.kv_usage = u(rng) < 0.2 ? -1 : u(rng);
+    const RequestCost q{1 + static_cast<uint32_t>(40000 * u(rng)),
+                        1 + static_cast<uint32_t>(4000 * u(rng))};
+    r.kv_free_tokens = -1;
+    const Prediction unknown = predict(r, q);
+    Prediction last{};
+    for (double f : {1e9, 2e5, 5e4, 2e4, 8000.0, 3000.0, 1000.0, 100.0, 1.0, 0.0}) {
+      r.kv_free_tokens = f;
+      const Prediction p = predict(r, q);
+      INFO("i=" << i << " f=" << f);
+      CHECK(p.ttft_s >= last.ttft_s);
+      CHECK(p.completion_s >= last.completion_s);
+      CHECK(p.ttft_s >= unknown.ttft_s);
+      last = p;
+    }
+  }
+}
+
+TEST_CASE("preemptions stretch everything by the recompute share", "[estimator][predict]") {
+  ReplicaLoad r;
+  r.running = 10;
+  r.decode_tokens_remaining = 1000;
+  const Prediction calm = predict(r, {1000, 100});
+  r.preemptions_per_s = 2;
+  const Prediction p = predict(r, {1000, 100});
+  // h = 1024 (KV unknown), C = 2038: recompute = 1024 / 2038 * (a + 10b) + b * 1024
+  // = 0.502453 * 0.0154 + 0.04096 = 0.0486978; rho = 2 * 0.0486978 = 0.0973956;
+  // stretch = 1 / (1 - rho) = 1.107905
+  CHECK(p.ttft_s == Approx(calm.ttft_s * 1.107905).epsilon(1e-5));
+  CHECK(p.completion_s == Approx(calm.completion_s * 1.107905).epsilon(1e-5));
+  // The rate is the replica's: two engines see half each.
+  ReplicaLoad dp = r;
+  dp.engines = 2;
+  dp.running = 20;
+  dp.decode_tokens_remaining = 2000;
+  dp.preemptions_per_s = 4;
+  CHECK(predict(dp, {1000, 100}).ttft_s == Approx(p.ttft_s));
+  // Capped: at most 1 / (1 - 0.75) = 4x.
+  r.preemptions_per_s = 1e6;
+  CHECK(predict(r, {1000, 100}).completion_s == Approx(4 * calm.completion_s));
+  // More preemptions are never faster.
+  std::mt19937_64 rng(5);
+  std::uniform_real_distribution<double> u(0, 1);
+  for (int i = 0; i < 300; ++i) {
+    ReplicaLoad x;
+    x.running = 100 * u(rng);
+    x.decode_tokens_remaining = 20000 * u(rng);
+    x.kv_usage = u(rng);
+    x.kv_free_tokens = u(rng) < 0.5 ? -1 : 50000 * u(rng);
+    const RequestCost q{1 + static_cast<uint32_t>(8000 * u(rng)), 100};
+    Prediction last = predict(x, q);
+    for (double rate : {0.01, 0.1, 1.0, 5.0, 50.0, 1e4}) {
+      x.preemptions_per_s = rate;
+      const Prediction now = predict(x, q);
+      CHECK(now.ttft_s >= last.ttft_s);
+      CHECK(now.completion_s >= last.completion_s);
+      last = now;
+    }
+  }
+}
+
+TEST_CASE("priority: only equal or more urgent queued load counts ahead", "[estimator][predict]") {
+  ReplicaLoad r;
+  r.running = 4;  // D = 4, C = 2044, step base a + 4b = 0.01516
+  r.waiting = 30;
+  r.prefill_tokens_queued = 30000;
+  r.priority_scheduling = true;
+  r.waiting_by_class = {5, 10, 15};
+  r.prefill_tokens_by_class = {2000, 8000, 20000};
+  RequestCost urgent{100, 1, -1};
+  RequestCost normal{100, 1, 0};
+  RequestCost background{100, 1, 7};
+  // Urgent: Q = 2000, P = 2100, n = 2; the 28,000 behind fill our steps:
+  // tokens = min(30100, 2 * 2044) = 4088 -> 2 * 0.01516 + b * 4088 = 0.03032 + 0.16352
+  CHECK(predict(r, urgent).ttft_s == Approx(0.19384));
+  // Normal: Q = 10000, P = 10100, n = 5, tokens = min(30100, 10220) = 10220:
+  // 5 * 0.01516 + b * 10220 = 0.0758 + 0.4088
+  CHECK(predict(r, normal).ttft_s == Approx(0.4846));
+  // Background: everything is ahead, as FCFS: n = 15 -> 1.4314 (see the 30k test).
+  CHECK(predict(r, background).ttft_s == Approx(1.4314));
+  ReplicaLoad fcfs = r;
+  fcfs.priority_scheduling = false;
+  CHECK(predict(fcfs, urgent).ttft_s == Approx(1.4314));
+  // Load the breakdown does not cover counts as priority 0.
+  ReplicaLoad uncovered = r;
+  uncovered.prefill_tokens_by_class = {0, 0, 0};
+  // Urgent: Q = 0, n = 1, tokens = min(30100, 2044) -> 0.01516 + b * 2044 = 0.09692
+  CHECK(predict(uncovered, urgent).ttft_s == Approx(0.09692));
+  CHECK(predict(uncovered, normal).ttft_s == Approx(1.4314));
+  // Slot wait: S = 8, 8 running, 4 waiting of which 1 urgent and 3 normal:
+  // urgent excess = 8 + 1 + 1 - 8 = 2, normal 5 (m = 100, 0.1915 each, see above).
+  ReplicaLoad sat;
+  sat.max_num_seqs = 8;
+  sat.running = 8;
+  sat.waiting = 4;
+  sat.decode_tokens_remaining = 800;
+  sat.priority_scheduling = true;
+  sat.waiting_by_class = {1, 3, 0};
+  CHECK(predict(sat, urgent).ttft_s == Approx(0.01932 + 2 * 0.1915));
+  CHECK(predict(sat, normal).ttft_s == Approx(0.01932 + 5 * 0.1915));
+  // Urgent is never slower than normal, normal than background, any than FCFS.
+  std::mt19937_64 rng(99);
+  std::uniform_real_distribution<double> u(0, 1);
+  for (int i = 0; i < 2000; ++i) {
+    ReplicaLoad x;
+    x.max_num_seqs = 16 + static_cast<uint32_t>(240 * u(rng));
+    x.running = 300 * u(rng);
+    x.decode_tokens_remaining = 30000 * u(rng);
+    x.waiting_by_class = {20 * u(rng), 20 * u(rng), 20 * u(rng)};
+    x.prefill_tokens_by_class = {20000 * u(rng), 20000 * u(rng), 20000 * u(rng)};
+    x.waiting =
+        (x.waiting_by_class[0] + x.waiting_by_class[1] + x.waiting_by_class[2]) * (0.5 + u(rng));
+    x.prefill_tokens_queued = 60000 * u(rng);
+    x.long_prefill_threshold = u(rng) < 0.3 ? 256 : 0;
+    x.kv_usage = u(rng);
+    x.kv_free_tokens = u(rng) < 0.5 ? -1 : 30000 * u(rng);
+    x.engines = 1 + static_cast<uint32_t>(3 * u(rng));
+    const uint32_t p = 1 + static_cast<uint32_t>(10000 * u(rng));
+    ReplicaLoad off = x;
+    off.priority_scheduling = false;
+    x.priority_scheduling = true;
+    Prediction last{};
+    double ttft_last = 0;
+    for (int32_t prio : {-3, 0, 2}) {
+      const Prediction now = predict(x, {p, 100, prio});
+      INFO("i=" << i << " prio=" << prio);
+      CHECK(now.ttft_s >= ttft_last * (1 - 1e-12));
+      CHECK(now.completion_s >= last.completion_s * (1 - 1e-12));
+      CHECK(now.ttft_s <= predict(off, {p, 100, prio}).ttft_s * (1 + 1e-12));
+      last = now;
+      ttft_last = now.ttft_s;
+    }
+  }
+}
+
+TEST_CASE("LoRA: resident free, loaded at a cost, or wait for an adapter slot",
+          "[estimator][predict]") {
+  ReplicaLoad r;
+  r.running = 8;
+  r.decode_tokens_remaining = 800;  // m = 100
+  RequestCost plain{100, 1};
+  RequestCost lora{100, 1, 0, true};
+  const Prediction base = predict(r, plain);
+  // prefill as in the slot-wait test: a + b * (8 + 100) = 0.01932
+  CHECK(base.ttft_s == Approx(0.01932));
+  // Not running, a slot free (max_loras unknown): pays the load, 0.05 s.
+  const Prediction loaded = predict(r, lora);
+  CHECK(loaded.ttft_s == Approx(0.01932 + 0.05));
+  CHECK(loaded.completion_s == Approx(base.completion_s + 0.05));
+  // and stalls the 8 running requests for it: imposed + 8 * 0.05
+  CHECK(loaded.imposed_s == Approx(base.imposed_s + 0.4));
+  r.max_loras = 2;
+  r.loras_running = 1;
+  CHECK(predict(r, lora).ttft_s == Approx(0.01932 + 0.05));
+  // All adapter slots taken: k = 8 / 2 = 4 requests per adapter, the last of 4 finishes after
+  // 2 * 100 * 4 / 5 = 160 steps of a + 8b = 0.01532 -> 2.4512 s, then the load.
+  r.loras_running = 2;
+  CHECK(predict(r, lora).ttft_s == Approx(0.01932 + 2.4512 + 0.05));
+  // One request per adapter (k = 1): its mean remaining, 100 steps -> 1.532 s.
+  r.loras_running = 8;
+  r.max_loras = 8;
+  CHECK(predict(r, lora).ttft_s == Approx(0.01932 + 1.532 + 0.05));
+  // A measured load cost replaces the default.
+  r.max_loras = 0;
+  r.lora_load_s = 0.3;
+  CHECK(predict(r, lora).ttft_s == Approx(0.01932 + 0.3));
+  // Resident: as if no adapter.
+  r.adapter_resident = true;
+  CHECK(same(predict(r, lora), base));
+  // Resident is never slower than not resident.
+  std::mt19937_64 rng(13);
+  std::uniform_real_distribution<double> u(0, 1);
+  for (int i = 0; i < 1000; ++i) {
+    ReplicaLoad x;
+    x.running = 200 * u(rng);
+    x.waiting = 20 * u(rng);
+    x.decode_tokens_remaining = 30000 * u(rng);
+    x.max_num_seqs = 16 + static_cast<uint32_t>(240 * u(rng));
+    x.max_loras = static_cast<uint32_t>(4 * u(rng));
+    x.loras_running = 5 * u(rng);
+    x.lora_load_s = 0.2 * u(rng);
+    x.kv_usage = u(rng);
+    x.kv_free_tokens = u(rng) < 0.5 ? -1 : 30000 * u(rng);
+    const RequestCost q{1 + static_cast<uint32_t>(5000 * u(rng)), 50, 0, true};
+    ReplicaLoad res = x;
+    res.adapter_resident = true;
+    const Prediction a = predict(res, q);
+    const Prediction b = predict(x, q);
+    CHECK(a.ttft_s <= b.ttft_s);
+    CHECK(a.completion_s <= b.completion_s);
+  }
+}
+
 TEST_CASE("prediction is total: finite, non-negative, TTFT <= completion", "[estimator][predict]") {
   const double inf = std::numeric_limits<double>::infinity();
   const double nan = std::numeric_limits<double>::quiet_NaN();
@@ -252,7 +694,7 @@ TEST_CASE("prediction is total: finite, non-negative, TTFT <= completion", "[est
         return std::uniform_int_distribution<uint32_t>(1, hi)(rng);
     }
   };
-  for (int i = 0; i < 5000; ++i) {
+  for (int i = 0; i < 20000; ++i) {
     ReplicaLoad r;
     r.budget_tokens = pick_u32(16384);
     r.max_num_seqs = pick_u32(1024);
@@ -263,14 +705,32 @@ TEST_CASE("prediction is total: finite, non-negative, TTFT <= completion", "[est
     r.prefill_tokens_queued = pick(0, 1e6);
     r.decode_tokens_remaining = pick(0, 1e6);
     r.kv_usage = pick(-1, 1.2);
+    r.engines = pick_u32(16);
+    r.long_prefill_threshold = pick_u32(4096);
+    r.kv_free_tokens = pick(-1, 1e6);
+    r.preemptions_per_s = pick(0, 20);
+    r.priority_scheduling = (i & 1) != 0;
+    r.waiting_by_class = {pick(0, 200), pick(0, 200), pick(0, 200)};
+    r.prefill_tokens_by_class = {pick(0, 3e5), pick(0, 3e5), pick(0, 3e5)};
+    r.adapter_resident = (i & 2) != 0;
+    r.max_loras = pick_u32(8);
+    r.loras_running = pick(0, 10);
+    r.lora_load_s = pick(0, 1);
     RequestCost q{pick_u32(200000), pick_u32(32768)};
+    q.priority = static_cast<int32_t>(pick_u32(10)) - 5;
+    q.adapter = (i & 4) != 0;
     Prediction p = predict(r, q);
     INFO("i=" << i << " budget=" << r.budget_tokens << " seqs=" << r.max_num_seqs
               << " a=" << r.step_base_s << " b=" << r.step_per_token_s << " running=" << r.running
               << " waiting=" << r.waiting << " prefill=" << r.prefill_tokens_queued
               << " decode=" << r.decode_tokens_remaining << " kv=" << r.kv_usage
+              << " engines=" << r.engines << " threshold=" << r.long_prefill_threshold
+              << " kv_free=" << r.kv_free_tokens << " preempt=" << r.preemptions_per_s
+              << " prio_mode=" << r.priority_scheduling << " max_loras=" << r.max_loras
+              << " loras=" << r.loras_running << " lora_load=" << r.lora_load_s
               << " prompt=" << q.prompt_tokens << " output=" << q.output_tokens
-              << " -> ttft=" << p.ttft_s << " completion=" << p.completion_s);
+              << " priority=" << q.priority << " adapter=" << q.adapter << " -> ttft=" << p.ttft_s
+              << " completion=" << p.completion_s << " imposed=" << p.imposed_s);
     REQUIRE(sane(p));
   }
 }
