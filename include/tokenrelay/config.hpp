@@ -38,7 +38,25 @@ struct BackendConfig {
   double weight = 1.0;
   uint32_t max_inflight = 0;  // 0 = [admission] max_inflight / max_num_seqs
   std::string api_key;        // sent upstream as "Authorization: Bearer" ("" = none)
-  int line = 0;               // line of the section header, for messages
+  // Models this replica serves ("models = a, b"); empty = what its /v1/models lists.
+  std::vector<std::string> models;
+  std::string scheduling = "fcfs";            // "fcfs" | "priority" (vLLM --scheduling-policy)
+  uint32_t long_prefill_token_threshold = 0;  // vLLM --long-prefill-token-threshold; 0 = off
+  int line = 0;                               // line of the section header, for messages
+};
+
+// One target of a [model NAME] section: a served model and its share.
+struct ModelTarget {
+  std::string model;
+  uint32_t weight = 1;
+};
+
+// "[model NAME]": an alias clients may name, sent to one of <targets> (weighted
+// random per request); the body's "model" is rewritten to the chosen target.
+struct ModelConfig {
+  std::string name;
+  std::vector<ModelTarget> targets;  // at least one, total weight > 0
+  int line = 0;                      // line of the section header
 };
 
 struct ProxyConfig {
@@ -139,6 +157,7 @@ struct Config {
   AuthConfig auth;
   LogConfig log;
   std::vector<BackendConfig> backends;  // in file order
+  std::vector<ModelConfig> models;      // [model NAME] sections, in file order
 };
 
 }  // namespace tr

@@ -17,6 +17,12 @@ struct RequestFacts {
   uint64_t prompt_chars = 0;      // characters of prompt text (prompt / messages[].content)
   uint64_t prompt_token_ids = 0;  // token ids given directly (prompt as int array)
   uint32_t messages = 0;          // number of chat messages
+  // Where the "model" string token (quotes included) lies in the body, so an
+  // alias can be rewritten by splicing; model_token_bytes 0 = no string model.
+  uint32_t model_token_offset = 0;
+  uint32_t model_token_bytes = 0;
+  bool has_priority = false;  // "priority": an integer (vLLM's priority scheduling)
+  int64_t priority = 0;
 };
 
 }  // namespace tr

@@ -85,6 +85,78 @@ void render_histogram(std::string* out, const Sources& src, const char* name, Pi
           static_cast<unsigned long long>(count));
 }
 
+// Per-model series: one per metrics slot that has a name (configured or
+// discovered models, bounded by models::kStatsSlots) plus model="other".
+void render_model_metrics(std::string* out, const Sources& src) {
+  if (src.model_slots == nullptr) return;
+  const size_t named = src.model_slots->size();
+  auto model_label = [&](size_t m) {
+    return m < named ? label(src.model_slots->name(m)) : std::string("other");
+  };
+  auto slots = [&](auto&& each) {
+    for (size_t m = 0; m < named; ++m)
+      each(m);
+    each(models::kOtherSlot);
+  };
+  auto sum = [&](size_t m, auto get) {
+    uint64_t v = 0;
+    for (const proxy::WorkerStats* w : src.workers)
+      v += get(w->models[m]);
+    return v;
+  };
+  family(out, "tokenrelay_model_requests_total", "counter",
+         "Requests answered, by the model the client named (aliases by their own name) and "
+         "status code.");
+  slots([&](size_t m) {
+    for (size_t slot = 0; slot < proxy::kCodeSlots; ++slot) {
+      uint64_t v = sum(m, [slot](const proxy::ModelStats& s) { return s.requests[slot].get(); });
+      if (v == 0) continue;
+      appendf(out, "tokenrelay_model_requests_total{code=\"%s\",model=\"%s\"} %llu\n",
+              code_label(slot).c_str(), model_label(m).c_str(), static_cast<unsigned long long>(v));
+    }
+  });
+  family(out, "tokenrelay_model_inflight_requests", "gauge",
+         "Requests for the model being handled now (queued, routed or streaming).");
+  slots([&](size_t m) {
+    int64_t v = 0;
+    for (const proxy::WorkerStats* w : src.workers)
+      v += w->models[m].inflight.load(std::memory_order_relaxed);
+    appendf(out, "tokenrelay_model_inflight_requests{model=\"%s\"} %lld\n", model_label(m).c_str(),
+            static_cast<long long>(v));
+  });
+  family(out, "tokenrelay_model_prompt_tokens_total", "counter",
+         "Prompt tokens of answered requests, from the replicas' usage.");
+  slots([&](size_t m) {
+    appendf(out, "tokenrelay_model_prompt_tokens_total{model=\"%s\"} %llu\n",
+            model_label(m).c_str(),
+            static_cast<unsigned long long>(
+                sum(m, [](const proxy::ModelStats& s) { return s.prompt_tokens.get(); })));
+  });
+  family(out, "tokenrelay_model_completion_tokens_total", "counter",
+         "Completion tokens of answered requests (usage, else relayed token events).");
+  slots([&](size_t m) {
+    appendf(out, "tokenrelay_model_completion_tokens_total{model=\"%s\"} %llu\n",
+            model_label(m).c_str(),
+            static_cast<unsigned long long>(
+                sum(m, [](const proxy::ModelStats& s) { return s.completion_tokens.get(); })));
+  });
+  if (src.catalog == nullptr) return;
+  std::shared_ptr<const models::Catalog> cat;
+  uint64_t seen = 0;
+  src.catalog->refresh(&cat, &seen);
+  family(out, "tokenrelay_model_backends", "gauge",
+         "Replicas serving the model (its pool), by health.");
+  for (const models::Model& m : cat->models()) {
+    size_t up = 0;
+    for (uint32_t r : m.replicas)
+      up += src.table->at(r).up.load(std::memory_order_relaxed) ? 1 : 0;
+    std::string name = label(m.id);
+    appendf(out, "tokenrelay_model_backends{model=\"%s\",state=\"up\"} %zu\n", name.c_str(), up);
+    appendf(out, "tokenrelay_model_backends{model=\"%s\",state=\"down\"} %zu\n", name.c_str(),
+            m.replicas.size() - up);
+  }
+}
+
 }  // namespace
 
 std::string render_metrics(const Sources& src) {
@@ -139,6 +211,8 @@ std::string render_metrics(const Sources& src) {
               code_label(slot).c_str(), static_cast<unsigned long long>(v));
     }
   }
+
+  render_model_metrics(&out, src);
 
   family(&out, "tokenrelay_inflight_requests", "gauge",
          "Requests routed to a replica and not finished yet.");
@@ -306,6 +380,58 @@ std::string render_metrics(const Sources& src) {
   return out;
 }
 
+// "models" and "aliases" of /status: the pools routing uses.
+void render_model_status(std::string* out, const Sources& src) {
+  if (src.catalog == nullptr) return;
+  std::shared_ptr<const models::Catalog> cat;
+  uint64_t seen = 0;
+  src.catalog->refresh(&cat, &seen);
+  const auto& backends = src.cfg->backends;
+  *out += ",\"models\":[";
+  bool first = true;
+  for (const models::Model& m : cat->models()) {
+    *out += first ? "{\"id\":\"" : ",{\"id\":\"";
+    first = false;
+    json_escape_append(*out, m.id);
+    *out += "\",\"parent\":";
+    if (m.parent.empty()) {
+      *out += "null";
+    } else {
+      *out += '"';
+      json_escape_append(*out, m.parent);
+      *out += '"';
+    }
+    *out += ",\"replicas\":[";
+    for (size_t k = 0; k < m.replicas.size(); ++k) {
+      *out += k ? ",\"" : "\"";
+      json_escape_append(*out, backends[m.replicas[k]].name);
+      *out += '"';
+    }
+    int64_t inflight = 0;
+    if (m.slot < models::kStatsSlots) {
+      for (const proxy::WorkerStats* w : src.workers)
+        inflight += w->models[m.slot].inflight.load(std::memory_order_relaxed);
+    }
+    appendf(out, "],\"inflight\":%lld}", static_cast<long long>(inflight));
+  }
+  *out += "],\"aliases\":[";
+  first = true;
+  for (const models::Alias& a : cat->aliases()) {
+    *out += first ? "{\"name\":\"" : ",{\"name\":\"";
+    first = false;
+    json_escape_append(*out, a.name);
+    *out += "\",\"targets\":[";
+    for (size_t k = 0; k < a.targets.size(); ++k) {
+      *out += k ? ",{\"model\":\"" : "{\"model\":\"";
+      json_escape_append(*out, a.targets[k].name);
+      appendf(out, "\",\"weight\":%u,\"served\":%s}", a.targets[k].weight,
+              a.targets[k].model != models::kNone ? "true" : "false");
+    }
+    *out += "]}";
+  }
+  *out += ']';
+}
+
 std::string render_status(const Sources& src) {
   std::string out;
   out.reserve(4096);
@@ -368,7 +494,9 @@ std::string render_status(const Sources& src) {
             v.load.waiting, v.load.prefill_tokens_queued, v.load.decode_tokens_remaining, p.ttft_s,
             p.completion_s);
   }
-  out += "]}\n";
+  out += "]";
+  render_model_status(&out, src);
+  out += "}\n";
   return out;
 }
 

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "models/catalog.hpp"
 #include "proxy/stats.hpp"
 #include "scores/table.hpp"
 #include "tokenrelay/config.hpp"
@@ -30,9 +31,11 @@ struct Sources {
   size_t worker_threads = 0;  // the current configuration's workers
   uint64_t generation = 1;    // 1 at start, +1 per successful reload
   uint64_t reloads_ok = 0;
-  uint64_t reloads_failed = 0;     // refused files and generations that did not start
-  double last_reload_ok_unix = 0;  // 0 = never reloaded
-  std::string io_backend;          // "io_uring" or "epoll", for tokenrelay_build_info
+  uint64_t reloads_failed = 0;                   // refused files and generations that did not start
+  double last_reload_ok_unix = 0;                // 0 = never reloaded
+  std::string io_backend;                        // "io_uring" or "epoll", for tokenrelay_build_info
+  const models::CatalogCell* catalog = nullptr;  // the current configuration's model pools
+  const models::SlotNames* model_slots = nullptr;  // names of the per-model series
   std::vector<std::shared_ptr<const void>> owners;
 };
 

@@ -64,27 +64,36 @@ enum class Section : uint8_t {
   admission,
   auth,
   log,
-  backend
+  backend,
+  model
 };
-constexpr size_t kSectionCount = 12;
+constexpr size_t kSectionCount = 13;
 constexpr std::array<std::string_view, kSectionCount> kSectionNames = {
-    "proxy",   "admin", "poller",    "limits", "timeouts", "upstream",
-    "routing", "eject", "admission", "auth",   "log",      "backend"};
+    "proxy", "admin",     "poller", "limits", "timeouts", "upstream", "routing",
+    "eject", "admission", "auth",   "log",    "backend",  "model"};
+
+// Sections that carry a name: "[backend NAME]", "[model NAME]".
+constexpr bool is_named(Section s) {
+  return s == Section::backend || s == Section::model;
+}
 
 // [routing] policy values (src/routing/policy.hpp parses the same names).
 constexpr std::string_view kPolicyNames[] = {"round_robin", "least_requests", "power_of_two",
                                              "kv_aware", "latency"};
 
 enum class Kind : uint8_t {
-  u32,       // decimal integer in [min, max]
-  u32_auto,  // "auto" (stored as 0) or a decimal integer in [min, max]
-  size,      // bytes: decimal integer with optional binary suffix, in [min, max]
-  real,      // decimal number in (real_min, real_max]
-  io_mode,   // auto | io_uring | epoll
-  policy,    // one of kPolicyNames
-  text,      // any string, "" = unset (paths, keys)
-  sockaddr,  // host:port, [v6]:port, *:port
-  url,       // http://host[:port][/base]
+  u32,         // decimal integer in [min, max]
+  u32_auto,    // "auto" (stored as 0) or a decimal integer in [min, max]
+  size,        // bytes: decimal integer with optional binary suffix, in [min, max]
+  real,        // decimal number in (real_min, real_max]
+  io_mode,     // auto | io_uring | epoll
+  policy,      // one of kPolicyNames
+  text,        // any string, "" = unset (paths, keys)
+  sockaddr,    // host:port, [v6]:port, *:port
+  url,         // http://host[:port][/base]
+  names,       // comma-separated model names
+  targets,     // comma-separated MODEL[:WEIGHT]
+  scheduling,  // fcfs | priority
 };
 
 // Field accessor: the field a key writes. <b> is the backend being loaded
@@ -112,10 +121,15 @@ struct Key {
   Field<std::string> text = nullptr;
   Field<SockAddr> addr = nullptr;
   Field<BackendConfig> backend = nullptr;  // url: fills url, host, port, base_path, addr
+  Field<std::vector<std::string>> names = nullptr;
+  Field<std::vector<ModelTarget>> targets = nullptr;
 };
 
 #define TR_CFG(T, member) (+[](Config& c, BackendConfig&) -> T* { return &c.member; })
 #define TR_BACKEND(T, member) (+[](Config&, BackendConfig& b) -> T* { return &b.member; })
+// Keys of [model NAME] write the section being loaded: always the last one.
+#define TR_MODEL(T, member) \
+  (+[](Config& c, BackendConfig&) -> T* { return &c.models.back().member; })
 
 constexpr uint64_t kKiB = 1024;
 constexpr uint64_t kMiB = 1024 * kKiB;
@@ -540,10 +554,44 @@ constexpr Key kKeys[] = {
      .max = 1000000,
      .doc = "This replica's in-flight limit; 0 = [admission] max_inflight.",
      .u32 = TR_BACKEND(uint32_t, max_inflight)},
+    {.section = S::backend,
+     .name = "models",
+     .kind = K::names,
+     .default_text = "",
+     .doc = "Models (and LoRA adapters) this replica serves, comma-separated; overrides what "
+            "its /v1/models lists. Unset = discovered from /v1/models.",
+     .names = TR_BACKEND(std::vector<std::string>, models)},
+    {.section = S::backend,
+     .name = "scheduling",
+     .kind = K::scheduling,
+     .default_text = "fcfs",
+     .doc = "The replica's --scheduling-policy. With priority, a request's X-Priority header "
+            "(an integer, lower first; high = -1, low = 1) is sent as the body's \"priority\" "
+            "and the estimator puts it ahead of less urgent work.",
+     .text = TR_BACKEND(std::string, scheduling)},
+    {.section = S::backend,
+     .name = "long_prefill_token_threshold",
+     .kind = K::u32,
+     .default_text = "0",
+     .min = 0,
+     .max = 16777216,
+     .doc = "The replica's --long-prefill-token-threshold (most prompt tokens one request "
+            "prefills per step); 0 = off.",
+     .u32 = TR_BACKEND(uint32_t, long_prefill_token_threshold)},
+    // [model NAME]
+    {.section = S::model,
+     .name = "targets",
+     .kind = K::targets,
+     .default_text = "",
+     .doc = "Served models a request for NAME goes to, as MODEL[:WEIGHT], comma-separated "
+            "(weight 1..1000000, default 1), e.g. llama-3-8b:90, llama-3-8b-rc:10. The body's "
+            "\"model\" is rewritten to the chosen one. Required.",
+     .targets = TR_MODEL(std::vector<ModelTarget>, targets)},
 };
 
 #undef TR_CFG
 #undef TR_BACKEND
+#undef TR_MODEL
 
 constexpr size_t kKeyCount = std::size(kKeys);
 
@@ -553,10 +601,14 @@ constexpr bool is_pow2(uint64_t v) {
 
 constexpr bool key_is_consistent(const Key& k) {
   int targets = (k.u32 != nullptr) + (k.u64 != nullptr) + (k.real != nullptr) + (k.io != nullptr) +
-                (k.text != nullptr) + (k.addr != nullptr) + (k.backend != nullptr);
+                (k.text != nullptr) + (k.addr != nullptr) + (k.backend != nullptr) +
+                (k.names != nullptr) + (k.targets != nullptr);
   if (targets != 1 || k.name.empty() || k.doc.empty()) return false;
-  // Only url may be required; text keys default to "" (unset).
-  if (k.default_text.empty() && k.kind != Kind::url && k.kind != Kind::text) return false;
+  // Only url and targets may be required; text and list keys default to "" (unset).
+  if (k.default_text.empty() && k.kind != Kind::url && k.kind != Kind::text &&
+      k.kind != Kind::names && k.kind != Kind::targets) {
+    return false;
+  }
   if (k.pow2 && !(is_pow2(k.min) && is_pow2(k.max))) return false;
   switch (k.kind) {
     case Kind::u32:
@@ -575,6 +627,12 @@ constexpr bool key_is_consistent(const Key& k) {
       return k.addr != nullptr;
     case Kind::url:
       return k.backend != nullptr && k.section == Section::backend;
+    case Kind::names:
+      return k.names != nullptr;
+    case Kind::targets:
+      return k.targets != nullptr && k.section == Section::model;
+    case Kind::scheduling:
+      return k.text != nullptr;
   }
   return false;
 }
@@ -701,6 +759,16 @@ std::string bounds_text(const Key& k) {
     case Kind::url:
       s = "http only; port 1..65535";
       break;
+    case Kind::names:
+      s = "up to " + std::to_string(kModelNamesMax) + " names of 1.." +
+          std::to_string(kModelNameBytesMax) + " bytes";
+      break;
+    case Kind::targets:
+      s = "up to " + std::to_string(kModelNamesMax) + " targets; weight 1..1000000";
+      break;
+    case Kind::scheduling:
+      s = "fcfs or priority";
+      break;
   }
   if (k.pow2) s += ", power of two";
   return s;
@@ -718,7 +786,12 @@ std::string type_text(Kind kind) {
       return "number";
     case Kind::io_mode:
     case Kind::policy:
+    case Kind::scheduling:
       return "enum";
+    case Kind::names:
+      return "list of model names";
+    case Kind::targets:
+      return "list of MODEL[:WEIGHT]";
     case Kind::text:
       return "string";
     case Kind::sockaddr:
@@ -754,8 +827,116 @@ std::string expected_text(const Key& k) {
       return "expected host:port, [ipv6]:port or *:port";
     case Kind::url:
       return "expected http://host[:port][/base]";
+    case Kind::names:
+      return "expected model names separated by commas (" + bounds_text(k) + ")";
+    case Kind::targets:
+      return "expected MODEL[:WEIGHT] entries separated by commas, e.g. m:90, m-rc:10 (" +
+             bounds_text(k) + ")";
+    case Kind::scheduling:
+      return "expected fcfs or priority";
   }
   return "";
+}
+
+std::string quoted(std::string_view s);
+
+// A model name as a list item: printable, no spaces or commas (vLLM names are
+// paths like "meta-llama/Llama-3.1-8B-Instruct"; ':' is allowed).
+bool valid_model_name(std::string_view name) {
+  if (name.empty() || name.size() > kModelNameBytesMax) return false;
+  for (char ch : name) {
+    auto u = static_cast<unsigned char>(ch);
+    if (u <= ' ' || u == 0x7f || ch == ',' || ch == '"' || ch == '\\' || ch == '[' || ch == ']')
+      return false;
+  }
+  return true;
+}
+
+// Splits "a, b ,c" at commas; false on an empty item.
+bool split_list(std::string_view text, std::vector<std::string_view>* out) {
+  out->clear();
+  for (;;) {
+    size_t comma = text.find(',');
+    std::string_view item = trim(text.substr(0, comma));
+    if (item.empty()) return false;
+    out->push_back(item);
+    if (comma == std::string_view::npos) return true;
+    text.remove_prefix(comma + 1);
+  }
+}
+
+bool parse_names(std::string_view text, std::vector<std::string>* out, std::string* why) {
+  std::vector<std::string_view> items;
+  if (!split_list(text, &items)) {
+    *why = "empty name in the list";
+    return false;
+  }
+  if (items.size() > kModelNamesMax) {
+    *why = "more than " + std::to_string(kModelNamesMax) + " names";
+    return false;
+  }
+  std::vector<std::string> names;
+  for (std::string_view item : items) {
+    if (!valid_model_name(item)) {
+      *why = "invalid model name " + quoted(item) + " (1.." + std::to_string(kModelNameBytesMax) +
+             " bytes, no spaces, commas, quotes, backslashes or brackets)";
+      return false;
+    }
+    if (std::find(names.begin(), names.end(), item) != names.end()) {
+      *why = "model " + quoted(item) + " is listed twice";
+      return false;
+    }
+    names.emplace_back(item);
+  }
+  *out = std::move(names);
+  return true;
+}
+
+// "m:90, m-rc:10": the weight is what follows the last ':' when it is all digits
+// (model names may contain ':' themselves).
+bool parse_targets(std::string_view text, std::vector<ModelTarget>* out, std::string* why) {
+  std::vector<std::string_view> items;
+  if (!split_list(text, &items)) {
+    *why = "empty target in the list";
+    return false;
+  }
+  if (items.size() > kModelNamesMax) {
+    *why = "more than " + std::to_string(kModelNamesMax) + " targets";
+    return false;
+  }
+  std::vector<ModelTarget> targets;
+  for (std::string_view item : items) {
+    ModelTarget t;
+    std::string_view name = item;
+    size_t colon = item.rfind(':');
+    if (colon != std::string_view::npos) {
+      std::string_view w = trim(item.substr(colon + 1));
+      uint64_t v = 0;
+      if (parse_u64(w, &v)) {
+        if (v < 1 || v > 1000000) {
+          *why = "weight " + quoted(w) + " of " + quoted(trim(item.substr(0, colon))) +
+                 " is outside 1..1000000";
+          return false;
+        }
+        t.weight = static_cast<uint32_t>(v);
+        name = trim(item.substr(0, colon));
+      }
+    }
+    if (!valid_model_name(name)) {
+      *why = "invalid model name " + quoted(name);
+      return false;
+    }
+    for (const ModelTarget& o : targets) {
+      if (o.model == name) {
+        *why = "target " + quoted(name) + " is listed twice";
+        return false;
+      }
+    }
+    t.model = std::string(name);
+    targets.push_back(std::move(t));
+  }
+  *out = std::move(targets);
+  return true;
 }
 
 bool integer_in_bounds(const Key& k, uint64_t v) {
@@ -914,6 +1095,24 @@ bool apply_value(const Key& k, std::string_view text, Config& c, BackendConfig& 
     }
     case Kind::url:
       return parse_url(text, k.backend(c, b), why);
+    case Kind::names:
+      if (text.empty()) {  // the default: discover
+        k.names(c, b)->clear();
+        return true;
+      }
+      if (parse_names(text, k.names(c, b), why)) return true;
+      *why += "; " + expected_text(k);
+      return false;
+    case Kind::targets:
+      if (parse_targets(text, k.targets(c, b), why)) return true;
+      *why += "; " + expected_text(k);
+      return false;
+    case Kind::scheduling:
+      if (text == "fcfs" || text == "priority") {
+        k.text(c, b)->assign(text);
+        return true;
+      }
+      break;
   }
   *why = expected_text(k);
   if (text.find(" #") != std::string_view::npos || text.find("\t#") != std::string_view::npos) {
@@ -981,6 +1180,8 @@ class Loader {
   bool on_key(std::string_view name, std::string_view value);
   bool on_section(std::string_view label);
   bool finish_section();
+  bool check_models();
+  bool on_model_section(std::string_view rest);
   void apply_defaults(Section section, BackendConfig& b);
   bool fail(int line, std::string message);
   std::string section_label() const;
@@ -1018,6 +1219,7 @@ bool Loader::fail(int line, std::string message) {
 
 std::string Loader::section_label() const {
   if (section_ == Section::backend) return "[backend " + cfg_.backends[backend_].name + "]";
+  if (section_ == Section::model) return "[model " + cfg_.models.back().name + "]";
   return "[" + std::string(kSectionNames[static_cast<size_t>(section_)]) + "]";
 }
 
@@ -1108,10 +1310,38 @@ void Loader::apply_defaults(Section section, BackendConfig& b) {
 
 // Called when a section ends (next header or end of file).
 bool Loader::finish_section() {
-  if (!in_section_ || section_ != Section::backend) return true;
+  if (!in_section_) return true;
+  if (section_ == Section::model) {
+    const ModelConfig& m = cfg_.models.back();
+    if (m.targets.empty()) {
+      return fail(section_line_, "[model " + m.name + "] has no targets (required)");
+    }
+    return true;
+  }
+  if (section_ != Section::backend) return true;
   const BackendConfig& b = cfg_.backends[backend_];
   if (b.url.empty()) {
     return fail(section_line_, "[backend " + b.name + "] has no url (required)");
+  }
+  return true;
+}
+
+// Checks that need the whole file: what [model NAME] sections point at.
+bool Loader::check_models() {
+  for (const ModelConfig& m : cfg_.models) {
+    for (const ModelTarget& t : m.targets) {
+      if (t.model == m.name) {
+        return fail(m.line, "[model " + m.name + "] names itself as a target");
+      }
+      for (const ModelConfig& other : cfg_.models) {
+        if (other.name == t.model) {
+          return fail(m.line, "[model " + m.name + "] target \"" + t.model +
+                                  "\" is itself a [model] section (line " +
+                                  std::to_string(other.line) +
+                                  "); targets must be models the replicas serve");
+        }
+      }
+    }
   }
   return true;
 }
@@ -1125,7 +1355,7 @@ bool Loader::on_section(std::string_view label) {
   backend_ = -1;
 
   for (size_t s = 0; s < kSectionCount; ++s) {
-    if (static_cast<Section>(s) == Section::backend || label != kSectionNames[s]) continue;
+    if (is_named(static_cast<Section>(s)) || label != kSectionNames[s]) continue;
     section_ = static_cast<Section>(s);
     if (section_first_line_[s] != 0) {
       return fail(line_, "duplicate section [" + std::string(label) + "] (first at line " +
@@ -1135,12 +1365,16 @@ bool Loader::on_section(std::string_view label) {
     return true;
   }
 
+  if (label.substr(0, 5) == "model" && (label.size() == 5 || label[5] == ' ' || label[5] == '\t')) {
+    return on_model_section(label.substr(5));
+  }
   std::string_view kw = label.substr(0, 7);
   std::string_view rest = label.substr(kw.size());
   if (kw != "backend" || (!rest.empty() && rest.front() != ' ' && rest.front() != '\t')) {
     return fail(line_, "unknown section [" + std::string(label) +
                            "]; expected [proxy], [admin], [poller], [limits], [timeouts], "
-                           "[upstream] or [backend NAME]");
+                           "[upstream], [routing], [eject], [admission], [auth], [log], "
+                           "[backend NAME] or [model NAME]");
   }
   std::string_view name = trim(rest);
   if (name.empty()) return fail(line_, "[backend] needs a replica name: [backend NAME]");
@@ -1164,6 +1398,32 @@ bool Loader::on_section(std::string_view label) {
   b.line = line_;
   apply_defaults(Section::backend, b);
   backend_ = static_cast<int>(cfg_.backends.size()) - 1;
+  return true;
+}
+
+bool Loader::on_model_section(std::string_view rest) {
+  std::string_view name = trim(rest);
+  if (name.empty()) return fail(line_, "[model] needs a model name: [model NAME]");
+  if (!valid_model_name(name)) {
+    return fail(line_, "invalid model name " + quoted(name) + " (1.." +
+                           std::to_string(kModelNameBytesMax) +
+                           " bytes, no spaces, commas, quotes, backslashes or brackets)");
+  }
+  for (const ModelConfig& other : cfg_.models) {
+    if (other.name == name) {
+      return fail(line_, "duplicate section [model " + std::string(name) + "] (first at line " +
+                             std::to_string(other.line) + ")");
+    }
+  }
+  if (cfg_.models.size() >= kModelSectionsMax) {
+    return fail(line_, "too many [model NAME] sections (at most " +
+                           std::to_string(kModelSectionsMax) + ")");
+  }
+  section_ = Section::model;
+  ModelConfig& m = cfg_.models.emplace_back();
+  m.name = std::string(name);
+  m.line = line_;
+  apply_defaults(Section::model, unused_backend_);
   return true;
 }
 
@@ -1214,7 +1474,7 @@ bool Loader::on_key(std::string_view name, std::string_view value) {
 bool Loader::run(Config* out, Error* err) {
   cfg_.path = name_;
   for (size_t s = 0; s < kSectionCount; ++s) {
-    if (static_cast<Section>(s) != Section::backend) {
+    if (!is_named(static_cast<Section>(s))) {
       apply_defaults(static_cast<Section>(s), unused_backend_);
     }
   }
@@ -1231,6 +1491,7 @@ bool Loader::run(Config* out, Error* err) {
                           : "expected \"key = value\", got " + quoted(bad));
   }
   if (!failed_) finish_section();
+  if (!failed_) check_models();
   if (!failed_ && cfg_.backends.empty()) {
     fail(0, "no [backend NAME] section: at least one replica is required");
   }
@@ -1380,6 +1641,7 @@ std::string reference_markdown() {
   for (const Key& k : kKeys) {
     md += "| `[";
     md += k.section == Section::backend ? "backend NAME"
+          : k.section == Section::model ? "model NAME"
                                         : kSectionNames[static_cast<size_t>(k.section)];
     md += "]` | `";
     md += k.name;
@@ -1387,7 +1649,7 @@ std::string reference_markdown() {
     md += type_text(k.kind);
     md += " | ";
     if (k.default_text.empty()) {
-      md += k.kind == Kind::text ? "unset" : "required";
+      md += k.kind == Kind::text || k.kind == Kind::names ? "unset" : "required";
     } else {
       md += '`';
       md += k.default_text;

@@ -20,6 +20,9 @@ namespace tr::config {
 inline constexpr size_t kFileBytesMax = 1024 * 1024;  // larger files are rejected
 inline constexpr size_t kBackendsMax = 256;           // [backend NAME] sections
 inline constexpr size_t kBackendNameBytesMax = 64;    // [A-Za-z0-9_.-]{1,64}
+inline constexpr size_t kModelSectionsMax = 256;      // [model NAME] sections
+inline constexpr size_t kModelNameBytesMax = 256;     // a model name in a list or [model NAME]
+inline constexpr size_t kModelNamesMax = 64;          // names in one models / targets list
 
 // Where and why loading failed. <line> is 1-based; 0 when the problem is about
 // the file as a whole (cannot open, no backend).

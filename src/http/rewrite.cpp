@@ -127,7 +127,13 @@ void append_error_json(const ErrorReply& e, std::string* out) {
   json_escape_append(*out, e.message);
   out->append("\",\"type\":\"");
   json_escape_append(*out, e.type);
-  out->append("\",\"param\":null,\"code\":\"");
+  if (e.param.empty()) {
+    out->append("\",\"param\":null,\"code\":\"");
+  } else {
+    out->append("\",\"param\":\"");
+    json_escape_append(*out, e.param);
+    out->append("\",\"code\":\"");
+  }
   json_escape_append(*out, e.code);
   out->append("\"}}");
 }

@@ -35,6 +35,9 @@ struct Acc {
   uint64_t prompt_token_ids = 0;  // from "prompt"
   uint64_t message_chars = 0;     // from "messages"
   uint32_t messages = 0;
+  bool has_priority = false;
+  int64_t priority = 0;
+  std::string_view model_token;  // the raw "model" string token, in the parsed buffer
 };
 
 // UTF-8 code points in a valid UTF-8 string: bytes that are not continuation
@@ -99,6 +102,35 @@ error_code read_count(od::value& v, int64_t* out) {
       if (d >= 0 && d <= kExactMax && d == std::floor(d)) *out = static_cast<int64_t>(d);
       break;
     }
+  }
+  return SUCCESS;
+}
+
+// "priority": an integer, as vLLM takes it (int; integral floats accepted);
+// anything else is absent.
+error_code read_priority(od::value& v, Acc* acc) {
+  acc->has_priority = false;
+  acc->priority = 0;
+  od::json_type t;
+  TR_JSON_TRY(type_of(v, &t));
+  if (t != od::json_type::number) return SUCCESS;
+  od::number n;
+  TR_JSON_TRY(v.get_number().get(n));
+  switch (n.get_number_type()) {
+    case od::number_type::signed_integer:
+      acc->priority = n.get_int64();
+      acc->has_priority = true;
+      break;
+    case od::number_type::floating_point_number: {
+      double d = n.get_double();
+      if (d == std::floor(d) && std::fabs(d) <= 9007199254740992.0) {
+        acc->priority = static_cast<int64_t>(d);
+        acc->has_priority = true;
+      }
+      break;
+    }
+    default:
+      break;
   }
   return SUCCESS;
 }
@@ -245,11 +277,16 @@ error_code read_messages(od::value& v, Acc* acc) {
 }
 
 // "model": a string, truncated to kModelBytesMax; anything else is "".
-error_code read_model(od::value& v, std::string* model) {
+error_code read_model(od::value& v, std::string* model, std::string_view* token) {
   model->clear();
+  *token = {};
   od::json_type t;
   TR_JSON_TRY(type_of(v, &t));
   if (t != od::json_type::string) return SUCCESS;
+  std::string_view raw = v.raw_json_token();  // "..." plus the whitespace after it
+  while (!raw.empty() && raw.back() != '"')
+    raw.remove_suffix(1);
+  *token = raw;
   std::string_view s;
   TR_JSON_TRY(v.get_string().get(s));
   model->assign(s.substr(0, BodyInspector::kModelBytesMax));
@@ -265,6 +302,10 @@ void reset_facts(RequestFacts* out) {
   out->prompt_chars = 0;
   out->prompt_token_ids = 0;
   out->messages = 0;
+  out->model_token_offset = 0;
+  out->model_token_bytes = 0;
+  out->has_priority = false;
+  out->priority = 0;
 }
 
 // The single pass over the top-level object. Keys are matched by length
@@ -283,7 +324,7 @@ error_code read_body(od::parser& parser, simdjson::padded_string_view json, Acc*
       case 5:  // model
         if (key != "model") break;
         TR_JSON_TRY(field.value().get(v));
-        TR_JSON_TRY(read_model(v, model));
+        TR_JSON_TRY(read_model(v, model, &acc->model_token));
         break;
       case 6:  // stream, prompt
         if (key == "stream") {
@@ -294,10 +335,14 @@ error_code read_body(od::parser& parser, simdjson::padded_string_view json, Acc*
           TR_JSON_TRY(read_prompt(v, acc));
         }
         break;
-      case 8:  // messages
-        if (key != "messages") break;
-        TR_JSON_TRY(field.value().get(v));
-        TR_JSON_TRY(read_messages(v, acc));
+      case 8:  // messages, priority
+        if (key == "messages") {
+          TR_JSON_TRY(field.value().get(v));
+          TR_JSON_TRY(read_messages(v, acc));
+        } else if (key == "priority") {
+          TR_JSON_TRY(field.value().get(v));
+          TR_JSON_TRY(read_priority(v, acc));
+        }
         break;
       case 10:  // max_tokens
         if (key != "max_tokens") break;
@@ -373,6 +418,13 @@ bool BodyInspector::inspect(const char* data, size_t len, size_t capacity, Reque
   out->prompt_chars = acc.prompt_chars + acc.message_chars;
   out->prompt_token_ids = acc.prompt_token_ids;
   out->messages = acc.messages;
+  out->has_priority = acc.has_priority;
+  out->priority = acc.priority;
+  if (!acc.model_token.empty() && acc.model_token.data() >= buf &&
+      acc.model_token.data() + acc.model_token.size() <= buf + len) {
+    out->model_token_offset = static_cast<uint32_t>(acc.model_token.data() - buf);
+    out->model_token_bytes = static_cast<uint32_t>(acc.model_token.size());
+  }
   return true;
 }
 

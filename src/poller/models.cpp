@@ -70,6 +70,16 @@ bool parse_models(std::string_view body, std::vector<ModelEntry>* out, ModelsPar
       *why = simdjson::error_message(e);
       return false;
     }
+    std::string_view parent;
+    std::string parent_copy;
+    if (!obj.find_field_unordered("parent").get_string().get(parent) &&
+        parent.size() <= kModelIdBytesMax) {
+      parent_copy.assign(parent);
+    }
+    if (auto e = obj.reset().error()) {
+      *why = simdjson::error_message(e);
+      return false;
+    }
     std::string_view raw;
     if (auto e = obj.raw_json().get(raw)) {
       *why = simdjson::error_message(e);
@@ -81,13 +91,23 @@ bool parse_models(std::string_view body, std::vector<ModelEntry>* out, ModelsPar
       continue;
     }
     seen.insert(id_copy);
-    entries.push_back(ModelEntry{std::move(id_copy), std::string(trim_right(raw))});
+    entries.push_back(
+        ModelEntry{std::move(id_copy), std::string(trim_right(raw)), std::move(parent_copy)});
   }
   out->swap(entries);
   return true;
 }
 
-void merge_models(const std::vector<const std::vector<ModelEntry>*>& lists, std::string* out) {
+bool same_models(const std::vector<ModelEntry>& a, const std::vector<ModelEntry>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].id != b[i].id || a[i].parent != b[i].parent) return false;
+  }
+  return true;
+}
+
+void merge_models(const std::vector<const std::vector<ModelEntry>*>& lists, std::string* out,
+                  const std::vector<ModelEntry>& extra) {
   out->assign("{\"object\":\"list\",\"data\":[");
   std::unordered_set<std::string_view> seen;
   bool first = true;
@@ -99,6 +119,12 @@ void merge_models(const std::vector<const std::vector<ModelEntry>*>& lists, std:
       out->append(m.json);
       first = false;
     }
+  }
+  for (const ModelEntry& m : extra) {
+    if (!seen.insert(m.id).second) continue;
+    if (!first) out->push_back(',');
+    out->append(m.json);
+    first = false;
   }
   out->append("]}");
 }

@@ -13,8 +13,9 @@ inline constexpr size_t kModelsPerReplicaMax = 1024;  // entries beyond are drop
 inline constexpr size_t kModelIdBytesMax = 1024;      // longer ids: entry dropped
 
 struct ModelEntry {
-  std::string id;    // "id" of the entry
-  std::string json;  // the entry's object exactly as the replica wrote it
+  std::string id;      // "id" of the entry
+  std::string json;    // the entry's object exactly as the replica wrote it
+  std::string parent;  // "parent" (vLLM: a LoRA adapter's base model); "" when null or absent
 
   bool operator==(const ModelEntry&) const = default;
 };
@@ -32,9 +33,15 @@ struct ModelsParseResult {
 bool parse_models(std::string_view body, std::vector<ModelEntry>* out, ModelsParseResult* res,
                   std::string* why);
 
+// The same models, ignoring the JSON text: vLLM stamps a new "created" on
+// every answer, which is not a change.
+bool same_models(const std::vector<ModelEntry>& a, const std::vector<ModelEntry>& b);
+
 // Writes {"object":"list","data":[...]} to *out: the union of <lists> in order,
 // deduplicated by id (first list wins), each entry re-emitted as its original
-// text. Null lists (replicas that are down) are skipped.
-void merge_models(const std::vector<const std::vector<ModelEntry>*>& lists, std::string* out);
+// text, then the <extra> entries (JSON objects) whose id is not listed yet.
+// Null lists (replicas that are down) are skipped.
+void merge_models(const std::vector<const std::vector<ModelEntry>*>& lists, std::string* out,
+                  const std::vector<ModelEntry>& extra = {});
 
 }  // namespace tr::poller

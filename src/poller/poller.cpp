@@ -14,8 +14,10 @@
 
 #include "core/assert.hpp"
 #include "core/clock.hpp"
+#include "core/json.hpp"
 #include "core/log.hpp"
 #include "estimator/calibration.hpp"
+#include "models/catalog.hpp"
 #include "poller/http_client.hpp"
 #include "poller/models.hpp"
 #include "poller/vllm_metrics.hpp"
@@ -115,6 +117,7 @@ struct Poller::Impl final : HttpHandler {
     bool models_known = false;
     bool models_failing = false;  // last /v1/models failed (logged once)
     std::vector<ModelEntry> models;
+    std::vector<std::string> configured_models;  // [backend] models: overrides discovery
     // /metrics scraping: the previous good scrape (for deltas), calibration, and
     // the state last published to the table.
     std::string metrics_path;
@@ -147,6 +150,7 @@ struct Poller::Impl final : HttpHandler {
       replicas[i].health_path = request_path(b.base_path, "/health");
       replicas[i].models_path = request_path(b.base_path, "/v1/models");
       replicas[i].metrics_path = request_path(b.base_path, "/metrics");
+      replicas[i].configured_models = b.models;
       if (replicas[i].models_path == "/v1/models" && !b.base_path.empty()) {
         TR_LOG_WARN("replica %s (%s): base path over %zu bytes; probing without it", b.name.c_str(),
                     b.url.c_str(), kRequestPathBytesMax);
@@ -160,6 +164,7 @@ struct Poller::Impl final : HttpHandler {
     client.set_wake_fd(wake_fd);
     models_json = std::make_shared<const std::string>("{\"object\":\"list\",\"data\":[]}");
     models_by_replica = std::make_shared<const ModelsByReplica>(replicas.size());
+    aliases = cfg.models;
   }
 
   ~Impl() override {
@@ -372,7 +377,10 @@ struct Poller::Impl final : HttpHandler {
     if (res.skipped > 0) {
       TR_LOG_DEBUG("replica %s: %zu /v1/models entries skipped", rep.name.c_str(), res.skipped);
     }
-    if (rep.models_known && models == rep.models) return;
+    if (rep.models_known && same_models(models, rep.models)) {
+      rep.models = std::move(models);  // new "created" stamps: nothing to log or rebuild
+      return;
+    }
     rep.models = std::move(models);
     rep.models_known = true;
     std::string ids;
@@ -397,12 +405,54 @@ struct Poller::Impl final : HttpHandler {
         (*by_replica)[i].push_back(m.id);
     }
     auto json = std::make_shared<std::string>();
-    merge_models(lists, json.get());
+    merge_models(lists, json.get(), alias_cards());
+    publish_catalog();
     std::shared_ptr<const std::string> json_c = std::move(json);
     std::shared_ptr<const ModelsByReplica> by_replica_c = std::move(by_replica);
     std::atomic_store_explicit(&models_json, std::move(json_c), std::memory_order_release);
     std::atomic_store_explicit(&models_by_replica, std::move(by_replica_c),
                                std::memory_order_release);
+  }
+
+  // /v1/models cards for the [model NAME] aliases, so clients can discover them.
+  std::vector<ModelEntry> alias_cards() const {
+    std::vector<ModelEntry> cards;
+    for (const ModelConfig& a : aliases) {
+      std::string j = "{\"id\":\"";
+      json_escape_append(j, a.name);
+      j += "\",\"object\":\"model\",\"created\":0,\"owned_by\":\"tokenrelay\",\"root\":\"";
+      json_escape_append(j, a.name);
+      j += "\",\"parent\":null}";
+      cards.push_back(ModelEntry{a.name, std::move(j), ""});
+    }
+    return cards;
+  }
+
+  // The model pools workers route on (models/catalog.hpp): what each replica
+  // serves, configured or last discovered, whatever its health now.
+  void publish_catalog() {
+    if (cell == nullptr) return;
+    std::vector<models::ReplicaModels> served(replicas.size());
+    for (size_t i = 0; i < replicas.size(); ++i) {
+      const Replica& rep = replicas[i];
+      models::ReplicaModels& out = served[i];
+      if (!rep.configured_models.empty()) {
+        out.known = true;
+        for (const std::string& id : rep.configured_models) {
+          std::string parent;  // what discovery says of a configured name, if anything
+          for (const ModelEntry& m : rep.models) {
+            if (m.id == id) parent = m.parent;
+          }
+          out.entries.push_back({id, std::move(parent)});
+        }
+      } else if (rep.models_known && !rep.models.empty()) {
+        // (An empty list says nothing of what the replica serves.)
+        out.known = true;
+        for (const ModelEntry& m : rep.models)
+          out.entries.push_back({m.id, m.parent});
+      }
+    }
+    cell->publish(models::Catalog::build(served, aliases, slots));
   }
 
   void health_round(int64_t now) {
@@ -483,6 +533,9 @@ struct Poller::Impl final : HttpHandler {
   // functions use a mutex pool and are clean.)
   std::shared_ptr<const std::string> models_json;
   std::shared_ptr<const ModelsByReplica> models_by_replica;
+  std::vector<ModelConfig> aliases;     // [model NAME] sections
+  models::CatalogCell* cell = nullptr;  // where model pools are published (may be null)
+  models::SlotNames* slots = nullptr;
 };
 
 Poller::Poller(const tr::Config& cfg, tr::scores::Table* table)
@@ -495,6 +548,13 @@ Poller::~Poller() {
 void Poller::poll_once() {
   TR_ASSERT(!impl_->thread.joinable());
   impl_->poll_once();
+}
+
+void Poller::set_catalog(models::CatalogCell* cell, models::SlotNames* slots) {
+  TR_ASSERT(!impl_->thread.joinable() && cell != nullptr && slots != nullptr);
+  impl_->cell = cell;
+  impl_->slots = slots;
+  impl_->publish_catalog();
 }
 
 void Poller::seed_health(uint32_t i, bool up) {

@@ -21,6 +21,10 @@
 namespace tr::scores {
 class Table;
 }
+namespace tr::models {
+class CatalogCell;
+class SlotNames;
+}  // namespace tr::models
 
 namespace tr::poller {
 
@@ -49,6 +53,11 @@ class Poller {
   // replicas it keeps from the running configuration; otherwise the first
   // check decides). Must not be called while the thread runs.
   void seed_health(uint32_t i, bool up);
+  // Before poll_once()/start(): publish the model pools (models/catalog.hpp)
+  // into <cell> whenever a replica's model list changes, with metrics slots
+  // from <slots> (the poller becomes their single writer). Both must outlive
+  // the poller. Publishes the configured pools at once.
+  void set_catalog(models::CatalogCell* cell, models::SlotNames* slots);
   // Starts the thread: health every cfg.poller.health_interval_ms, /v1/models
   // every kModelsIntervalMs from replicas that are up and at once when a
   // replica comes up. Must not be called while the thread runs.

@@ -6,11 +6,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 
 #include "core/assert.hpp"
 #include "core/clock.hpp"
+#include "core/json.hpp"
 #include "core/log.hpp"
 #include "http/rewrite.hpp"
 #include "proxy/worker.hpp"
@@ -28,6 +30,25 @@ constexpr size_t kPendingInputMax = 64 * 1024;
 std::string_view path_of(std::string_view target) {
   size_t q = target.find('?');
   return q == std::string_view::npos ? target : target.substr(0, q);
+}
+
+// X-Priority: "high" (-1), "normal" (0), "low" (1), or an integer in
+// [-1e6, 1e6] (vLLM's priority: lower is served first).
+bool parse_priority(std::string_view v, int64_t* out) {
+  if (http::ieq(v, "high")) {
+    *out = -1;
+  } else if (http::ieq(v, "normal")) {
+    *out = 0;
+  } else if (http::ieq(v, "low")) {
+    *out = 1;
+  } else {
+    int64_t x = 0;
+    auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+    if (ec != std::errc() || ptr != v.data() + v.size() || x < -1000000 || x > 1000000)
+      return false;
+    *out = x;
+  }
+  return true;
 }
 
 void format_peer(int fd, char* out, size_t len) {
@@ -304,6 +325,7 @@ void ClientConn::on_request_head() {
   ttft_ms_ = -1;
   bytes_out_ = 0;
   completion_tokens_ = 0;
+  usage_prompt_tokens_ = 0;
   status_ = 0;
   backend_ = -1;
   t_request_ns_ = 0;
@@ -374,7 +396,6 @@ void ClientConn::on_request_complete() {
     w_->new_request_id(&request_id_);
   }
   if (answer_locally()) return;
-  high_priority_ = http::ieq(req_.find("x-priority"), "high");
   was_queued_ = false;
   if (!body_.empty()) {
     if (body_.capacity() < body_.size() + BodyInspector::kPadding) {
@@ -384,6 +405,20 @@ void ClientConn::on_request_complete() {
       w_->stats().json_malformed.add();  // forwarded unchanged: the replica owns the error
     }
   }
+  // Priority: the body's "priority" (vLLM's field), else X-Priority: an
+  // integer, or high (-1) / normal (0) / low (1). Lower is more urgent; below
+  // 0 also jumps the admission queue.
+  priority_ = 0;
+  priority_from_header_ = false;
+  if (facts_.has_priority) {
+    priority_ = facts_.priority;
+  } else {
+    bool has_header = false;
+    std::string_view xp = req_.find("x-priority", &has_header);
+    if (has_header && parse_priority(xp, &priority_)) priority_from_header_ = priority_ != 0;
+  }
+  high_priority_ = priority_ < 0;
+  if (!resolve_model()) return;
   route_and_dispatch();
 }
 
@@ -406,6 +441,65 @@ bool ClientConn::answer_locally() {
 
 // ---- routing and the upstream leg ------------------------------------------
 
+// Picks the model pool (models/catalog.hpp). False when the request was
+// answered here: unknown model (404) or no model where one is needed (400).
+bool ClientConn::resolve_model() {
+  catalog_ = w_->catalog();
+  auto usable = [this](uint32_t r) {
+    routing::ReplicaView v;
+    w_->replicas().view(r, &v);
+    return v.usable;
+  };
+  w_->replicas().set_now(mono_ms());
+  models::Resolution res = catalog_->resolve(facts_.json_ok, !facts_.model.empty(), facts_.model,
+                                             w_->random_unit(), usable);
+  model_slot_ = res.slot;
+  if (model_slot_ != models::kNone) {  // until log_access(), at the end of the exchange
+    std::atomic<int64_t>& g = w_->stats().models[model_slot_].inflight;
+    g.store(g.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
+  pool_ = res.pool;
+  rewrite_ = res.rewrite;
+  switch (res.kind) {
+    case models::Resolution::Kind::pool:
+      break;
+    case models::Resolution::Kind::unknown_model: {
+      std::string msg = "The model `" + facts_.model.substr(0, 256) + "` does not exist.";
+      msg += catalog_->available().empty() ? std::string(" No model is being served right now.")
+                                           : " Available models: " + catalog_->available() + ".";
+      termination_ = "model_not_found";
+      reply_error(404, msg, "invalid_request_error", "model_not_found", -1, "model");
+      return false;
+    }
+    case models::Resolution::Kind::model_required: {
+      std::string msg =
+          "The request names no model and several are served; set \"model\" to "
+          "one of: " +
+          catalog_->available() + ".";
+      termination_ = "model_required";
+      reply_error(400, msg, "invalid_request_error", "model_required", -1, "model");
+      return false;
+    }
+  }
+  if (!rewrite_.empty()) facts_.model.assign(rewrite_);  // learn and log the served model
+  return true;
+}
+
+// Ranks the replicas of the request's pool, best first, into ranked_.
+routing::Ranking ClientConn::rank_in_pool(const routing::RouteRequest& rr) {
+  uint32_t max = w_->cfg().upstream.max_attempts < kMaxRanked ? w_->cfg().upstream.max_attempts
+                                                              : static_cast<uint32_t>(kMaxRanked);
+  const TableSource& all = w_->replicas();
+  if (pool_.size() == all.size()) {  // the whole fleet (pools are ascending: identity)
+    return w_->policy().rank(rr, all, std::span<uint32_t>(ranked_, max));
+  }
+  PoolSource pool(all, pool_);
+  routing::Ranking rk = w_->policy().rank(rr, pool, std::span<uint32_t>(ranked_, max));
+  for (size_t k = 0; k < rk.count; ++k)
+    ranked_[k] = pool_[ranked_[k]];
+  return rk;
+}
+
 void ClientConn::route_and_dispatch() {
   const Config& cfg = w_->cfg();
   routing::RouteRequest rr;
@@ -413,11 +507,9 @@ void ClientConn::route_and_dispatch() {
   rr.cost.prompt_tokens = w_->learner().prompt_tokens(facts_);
   rr.cost.output_tokens = w_->learner().output_tokens(facts_);
   cost_ = rr.cost;
-  uint32_t max = cfg.upstream.max_attempts < kMaxRanked ? cfg.upstream.max_attempts
-                                                        : static_cast<uint32_t>(kMaxRanked);
   int64_t t0 = mono_ns();
   w_->replicas().set_now(t0 / 1'000'000);
-  routing::Ranking rk = w_->policy().rank(rr, w_->replicas(), std::span<uint32_t>(ranked_, max));
+  routing::Ranking rk = rank_in_pool(rr);
   w_->stats().observe_route_decision(static_cast<double>(mono_ns() - t0) / 1e9);
   nranked_ = static_cast<uint32_t>(rk.count);
   next_rank_ = 0;
@@ -441,13 +533,11 @@ void ClientConn::route_and_dispatch() {
 }
 
 bool ClientConn::admit_from_queue() {
-  uint32_t max = w_->cfg().upstream.max_attempts < kMaxRanked ? w_->cfg().upstream.max_attempts
-                                                              : static_cast<uint32_t>(kMaxRanked);
   routing::RouteRequest rr;
   rr.facts = &facts_;
   rr.cost = cost_;
   w_->replicas().set_now(mono_ms());
-  routing::Ranking rk = w_->policy().rank(rr, w_->replicas(), std::span<uint32_t>(ranked_, max));
+  routing::Ranking rk = rank_in_pool(rr);
   if (rk.count == 0 && rk.saturated) return false;
   w_->loop().timers().disarm(&timer_);
   if (rk.count == 0) {
@@ -601,16 +691,52 @@ void ClientConn::send_request(UpstreamConn* u) {
   p.request_id = request_id_;
   p.host = b.host;
   p.base_path = b.base_path;
-  p.body_bytes = body_.size();
   p.has_body = req_.has_content_length() || req_.chunked();
   p.strip_authorization = w_->shared().keys != nullptr;
   p.api_key = b.api_key;
+  // The body goes out from the client's buffer. Two edits may be spliced in
+  // without copying it: an alias's "model" replaced by its target, and
+  // X-Priority inserted as "priority" for a replica that schedules by it.
+  std::string_view body(body_);
+  size_t model_at = facts_.model_token_offset;
+  size_t model_len = rewrite_.empty() ? 0 : facts_.model_token_bytes;
+  std::string model_token;
+  if (model_len) {
+    model_token = "\"";
+    json_escape_append(model_token, rewrite_);
+    model_token += '"';
+  }
+  std::string priority_field;
+  size_t open_brace = body.find('{');
+  if (priority_from_header_ && b.scheduling == "priority" && open_brace != std::string_view::npos &&
+      facts_.json_ok) {
+    size_t next = body.find_first_not_of(" \t\r\n", open_brace + 1);
+    bool empty_object = next != std::string_view::npos && body[next] == '}';
+    priority_field = "\"priority\":" + std::to_string(priority_) + (empty_object ? "" : ",");
+  }
+  p.body_bytes = body.size() - model_len + model_token.size() + priority_field.size();
   http::build_upstream_request(req_, p, &head);
   u->out().push_copy(head);
   w_->shared()
       .table->at(u->backend())
       .dispatch.prompt_chars_sent.fetch_add(facts_.prompt_chars, std::memory_order_relaxed);
-  if (!body_.empty()) u->out().push_ref(body_.data(), static_cast<uint32_t>(body_.size()));
+  if (!body.empty()) {
+    size_t pos = 0;
+    auto ref = [&](size_t end) {
+      if (end > pos) u->out().push_ref(body.data() + pos, static_cast<uint32_t>(end - pos));
+      pos = end;
+    };
+    if (!priority_field.empty()) {  // the '{' of the object comes before "model"
+      ref(open_brace + 1);
+      u->out().push_copy(priority_field);
+    }
+    if (model_len) {
+      ref(model_at);
+      u->out().push_copy(model_token);
+      pos += model_len;
+    }
+    ref(body.size());
+  }
   u->parser().expect_no_body(is_head_);
   u->flush();
 }
@@ -845,6 +971,7 @@ void ClientConn::learn_from_response() {
     learner.observe_usage(facts_.model, facts_.prompt_chars, facts_.messages, prompt_tokens);
   }
   completion_tokens_ = completion_tokens;
+  usage_prompt_tokens_ = have_usage ? prompt_tokens : 0;
   if (completion_tokens > 0) {
     learner.observe_finished(facts_.model, static_cast<uint32_t>(completion_tokens),
                              facts_.max_tokens);
@@ -871,9 +998,21 @@ void ClientConn::release_upstream(bool reusable) {
   }
 }
 
+// Once per exchange, at its end: the per-model counters.
+void ClientConn::account_model() {
+  if (model_slot_ == models::kNone) return;
+  ModelStats& m = w_->stats().models[model_slot_];
+  m.requests[code_slot(status_ ? status_ : 499)].add();
+  if (usage_prompt_tokens_) m.prompt_tokens.add(usage_prompt_tokens_);
+  if (completion_tokens_) m.completion_tokens.add(completion_tokens_);
+  m.inflight.store(m.inflight.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+  model_slot_ = models::kNone;
+}
+
 void ClientConn::log_access() {
   if (logged_) return;
   logged_ = true;
+  account_model();
   accesslog::AccessLogWriter* log = w_->access_log();
   if (!log) return;
   accesslog::Record r;
@@ -963,16 +1102,16 @@ void ClientConn::reply_local(int status, std::string_view json_body) {
   flush();
 }
 
-void ClientConn::reply_error(int status, const char* message, const char* type, const char* code,
-                             int retry_after_s) {
+void ClientConn::reply_error(int status, std::string_view message, const char* type,
+                             const char* code, int retry_after_s, const char* param) {
   status_ = status;
   std::string resp;
   bool keep =
       client_keep_alive_ && !close_after_ && !draining_ && req_.head_done() && !req_.in_message();
   if (!keep) close_after_ = true;
   if (request_id_.empty()) w_->new_request_id(&request_id_);
-  http::build_error_response(http::ErrorReply{status, message, type, code}, request_id_, keep,
-                             &resp, retry_after_s);
+  http::build_error_response(http::ErrorReply{status, message, type, code, param}, request_id_,
+                             keep, &resp, retry_after_s);
   bytes_out_ += resp.size();
   out_.push_copy(resp);
   BackendStats& bs =

@@ -22,7 +22,9 @@
 #include "http/message.hpp"
 #include "io/loop.hpp"
 #include "io/out_queue.hpp"
+#include "models/catalog.hpp"
 #include "proxy/stats.hpp"
+#include "routing/policy.hpp"
 #include "sse/sse.hpp"
 #include "tokenrelay/request_facts.hpp"
 
@@ -89,6 +91,8 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   void on_request_complete();
   bool answer_locally();
   void route_and_dispatch();
+  bool resolve_model();
+  routing::Ranking rank_in_pool(const routing::RouteRequest& rr);
   void try_next_replica();
   void send_request(UpstreamConn* u);
   void on_response_head(UpstreamConn* u);
@@ -98,13 +102,14 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   void fail_before_head(Failure why, int status, const char* message, const char* code);
   void fail_mid_stream(Failure why, const char* message);
   void reply_local(int status, std::string_view json_body);
-  void reply_error(int status, const char* message, const char* type, const char* code,
-                   int retry_after_s = -1);
+  void reply_error(int status, std::string_view message, const char* type, const char* code,
+                   int retry_after_s = -1, const char* param = "");
   void reject_saturated(bool any_usable);
   void finish_exchange();
   void learn_from_response();
   bool authorized();
   void log_access();
+  void account_model();
   bool credit_dispatch();
   void dispatch_first_token();
   void release_dispatch();
@@ -142,6 +147,15 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   uint32_t nranked_ = 0;
   uint32_t next_rank_ = 0;
   int backend_ = -1;  // replica of the current attempt; -1 = none yet
+  // The model pool of the current request (models/catalog.hpp). The catalog
+  // is held so the pool and the rewrite target stay valid while it waits.
+  std::shared_ptr<const models::Catalog> catalog_;
+  std::span<const uint32_t> pool_;
+  std::string_view rewrite_;             // [model NAME] alias: the target written into the body
+  uint32_t model_slot_ = models::kNone;  // per-model metrics; kNone = not a model request
+  int64_t priority_ = 0;  // vLLM priority (lower first): body "priority", else X-Priority
+  bool priority_from_header_ = false;  // X-Priority gave it: inserted for priority replicas
+  uint64_t usage_prompt_tokens_ = 0;
   enum class Phase : uint8_t { kNone, kPrefill, kDecode };
   Phase phase_ = Phase::kNone;  // dispatch accounting of the current attempt
   estimator::RequestCost cost_{};

@@ -13,6 +13,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "models/catalog.hpp"
+
 namespace tr::proxy {
 
 // Status codes with their own series; others fall into a class ("2xx", ...).
@@ -65,6 +67,15 @@ struct alignas(64) BackendStats {
   Counter requests[kCodeSlots];  // by final status code
   Counter retries;
   Counter route_decisions;  // times ranked first by the policy
+};
+
+// Per model (slots of models::SlotNames, the same for every configuration of
+// the process; the last one is model="other").
+struct ModelStats {
+  Counter requests[kCodeSlots];      // by final status code
+  Counter prompt_tokens;             // usage.prompt_tokens of the responses
+  Counter completion_tokens;         // usage.completion_tokens (or relayed token events)
+  std::atomic<int64_t> inflight{0};  // gauge: resolved to this model, not finished
 };
 
 // Upper bounds (seconds) of the routing decision time histogram.
@@ -144,6 +155,7 @@ class WorkerStats {
   Counter upstream_connects;
   Counter upstream_bytes_in;  // response bytes read from replicas
   Counter upstream_reuses;
+  ModelStats models[models::kStatsSlots + 1];
   Histogram<sizeof(kDecisionBuckets) / sizeof(double)> route_decision{kDecisionBuckets};
   Histogram<sizeof(kTtftErrorBuckets) / sizeof(double)> ttft_error{kTtftErrorBuckets};
 
@@ -203,6 +215,12 @@ inline void WorkerStats::absorb(const WorkerStats& o) {
   upstream_connects.add(o.upstream_connects.get());
   upstream_bytes_in.add(o.upstream_bytes_in.get());
   upstream_reuses.add(o.upstream_reuses.get());
+  for (size_t m = 0; m <= models::kStatsSlots; ++m) {
+    for (size_t i = 0; i < kCodeSlots; ++i)
+      models[m].requests[i].add(o.models[m].requests[i].get());
+    models[m].prompt_tokens.add(o.models[m].prompt_tokens.get());
+    models[m].completion_tokens.add(o.models[m].completion_tokens.get());
+  }
   add_histogram(&route_decision, o.route_decision);
   add_histogram(&ttft_error, o.ttft_error);
 }

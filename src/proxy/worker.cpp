@@ -248,6 +248,15 @@ void Worker::thread_main() {
   finished_.store(true, std::memory_order_release);
 }
 
+const std::shared_ptr<const models::Catalog>& Worker::catalog() {
+  shared_->catalog->refresh(&catalog_, &catalog_seen_);
+  return catalog_;
+}
+
+double Worker::random_unit() {
+  return static_cast<double>(xoroshiro_next(rng_state_) >> 11) * 0x1.0p-53;
+}
+
 void Worker::new_request_id(std::string* out) {
   static const char kHex[] = "0123456789abcdef";
   uint64_t a = xoroshiro_next(rng_state_);

@@ -19,6 +19,7 @@
 #include "estimator/tokens.hpp"
 #include "http/message.hpp"
 #include "io/loop.hpp"
+#include "models/catalog.hpp"
 #include "openai/body.hpp"
 #include "proxy/stats.hpp"
 #include "routing/policy.hpp"
@@ -76,6 +77,21 @@ struct Shared {
   scores::Table* table = nullptr;
   // Merged /v1/models body (from the poller). Called on worker threads.
   std::function<std::shared_ptr<const std::string>()> models_json;
+  const models::CatalogCell* catalog = nullptr;  // model pools (from the poller)
+};
+
+// The replicas of one model pool, as a ReplicaSource: index k is replica
+// members[k] of <base>.
+class PoolSource final : public routing::ReplicaSource {
+ public:
+  PoolSource(const routing::ReplicaSource& base, std::span<const uint32_t> members)
+      : base_(base), members_(members) {}
+  size_t size() const override { return members_.size(); }
+  void view(size_t i, routing::ReplicaView* out) const override { base_.view(members_[i], out); }
+
+ private:
+  const routing::ReplicaSource& base_;
+  std::span<const uint32_t> members_;
 };
 
 // How a worker stops. Both stop accepting at once and let exchanges in flight
@@ -135,6 +151,11 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   void learn_prefill_cost(uint32_t b, const estimator::ReplicaLoad& load, uint32_t prompt_tokens,
                           double ttft_s);
   estimator::ModelLearner& learner() { return learner_; }
+  // The model pools as last published, refreshed when the poller published a
+  // newer one (one atomic load per call otherwise). Never null.
+  const std::shared_ptr<const models::Catalog>& catalog();
+  // Uniform in [0, 1), from this worker's generator.
+  double random_unit();
   accesslog::AccessLogWriter* access_log() { return alog_.get(); }
   const http::ParseLimits& parse_limits() const { return parse_limits_; }
   bool draining() const { return drain_started_; }
@@ -210,6 +231,8 @@ class Worker final : public io::SocketHandler, public io::TimerHandler {
   std::vector<int64_t> learned_at_ms_;
   http::ParseLimits parse_limits_;
   uint64_t rng_state_[2];
+  std::shared_ptr<const models::Catalog> catalog_;
+  uint64_t catalog_seen_ = 0;
 
   // Connection tracking: every live connection is in one of these lists.
   std::vector<ClientConn*> clients_;  // index stored in the conn (swap-remove)

@@ -31,6 +31,7 @@ struct Generation {
   Config cfg;
   std::unique_ptr<auth::KeySet> keys;
   std::shared_ptr<accesslog::AccessLog> access_log;  // shared with the next generation if unchanged
+  std::unique_ptr<models::CatalogCell> catalog;      // model pools, published by the poller
   std::unique_ptr<scores::Table> table;
   std::unique_ptr<poller::Poller> poller;
   proxy::Shared shared;
@@ -249,6 +250,8 @@ bool Server::start_generation(Loaded loaded, std::shared_ptr<Generation>* out, s
                              cur_->table->at(it->second).up.load(std::memory_order_relaxed));
     }
   }
+  g->catalog = std::make_unique<models::CatalogCell>();
+  g->poller->set_catalog(g->catalog.get(), &model_slots_);
   g->poller->poll_once();  // first requests already know which replicas are up
 
   g->shared.cfg = &g->cfg;
@@ -258,6 +261,7 @@ bool Server::start_generation(Loaded loaded, std::shared_ptr<Generation>* out, s
   g->shared.table = g->table.get();
   Generation* raw = g.get();
   g->shared.models_json = [raw] { return raw->poller->models_json(); };
+  g->shared.catalog = g->catalog.get();
 
   for (size_t i = 0; i < listen_fds_.size(); ++i) {
     proxy::WorkerOptions wo;
@@ -299,6 +303,8 @@ void Server::publish() {
   src->reloads_failed = reloads_failed_;
   src->last_reload_ok_unix = last_reload_ok_unix_;
   src->io_backend = io_desc_.rfind("io_uring", 0) == 0 ? "io_uring" : "epoll";
+  src->catalog = cur_->catalog.get();
+  src->model_slots = &model_slots_;
   auto add = [&src](const std::shared_ptr<Generation>& g) {
     for (const auto& w : g->workers)
       src->workers.push_back(&w->stats());

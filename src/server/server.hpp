@@ -31,6 +31,7 @@
 #include "admin/admin.hpp"
 #include "auth/auth.hpp"
 #include "io/loop.hpp"
+#include "models/catalog.hpp"
 #include "proxy/stats.hpp"
 #include "scores/table.hpp"
 #include "tokenrelay/config.hpp"
@@ -99,6 +100,7 @@ class Server {
   std::shared_ptr<proxy::WorkerStats> retired_;         // totals of exited workers
   // Per replica ("name\nurl"), shared by the tables of every live generation.
   std::map<std::string, std::shared_ptr<scores::Dispatch>> dispatch_;
+  models::SlotNames model_slots_;  // per-model metrics series, for the life of the process
   uint64_t reloads_ok_ = 0;
   uint64_t reloads_failed_ = 0;
   double last_reload_ok_unix_ = 0;

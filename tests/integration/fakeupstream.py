@@ -1,7 +1,8 @@
 """A scriptable fake replica for failure tests (Python 3 stdlib).
 
     fake = FakeUpstream(mode="500")      # or "close" (read the request, close), "ok"
-    fake.port, fake.requests (inference requests seen), fake.connections
+    fake.port, fake.requests (inference requests seen), fake.connections,
+    fake.bodies (the raw bytes of each inference request's body)
     fake.stop()
 
 GET /health answers 200, GET /metrics 404, GET /v1/models an empty list, so the
@@ -17,6 +18,7 @@ class FakeUpstream:
         self.mode = mode
         self.requests = 0
         self.connections = 0
+        self.bodies = []
         self._lock = threading.Lock()
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -63,7 +65,7 @@ class FakeUpstream:
             if not b:
                 return None, b""
             rest += b
-        return (method, path), rest[length:]
+        return (method, path, rest[:length]), rest[length:]
 
     def _serve(self, c):
         buf = b""
@@ -72,7 +74,7 @@ class FakeUpstream:
                 req, buf = self._read_request(c, buf)
                 if req is None:
                     return
-                method, path = req
+                method, path, body_in = req
                 if path == "/health":
                     c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
                     continue
@@ -86,6 +88,7 @@ class FakeUpstream:
                     continue
                 with self._lock:
                     self.requests += 1
+                    self.bodies.append(body_in)
                 if self.mode == "close":
                     c.close()
                     return

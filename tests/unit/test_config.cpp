@@ -704,6 +704,10 @@ TEST_CASE("reference_markdown mentions every key", "[config]") {
       {"[backend NAME]", "weight"},
       {"[backend NAME]", "api_key"},
       {"[backend NAME]", "max_inflight"},
+      {"[backend NAME]", "models"},
+      {"[backend NAME]", "scheduling"},
+      {"[backend NAME]", "long_prefill_token_threshold"},
+      {"[model NAME]", "targets"},
   };
   size_t table_rows = 0;
   for (size_t pos = 0; (pos = md.find("\n| `[", pos)) != std::string::npos; ++pos)
@@ -733,4 +737,61 @@ TEST_CASE("docs/CONFIG.md embeds the current reference table", "[config]") {
   ss << doc.rdbuf();
   INFO("regenerate the table in docs/CONFIG.md from tr::config::reference_markdown()");
   CHECK(ss.str().find(tr::config::reference_markdown()) != std::string::npos);
+}
+
+TEST_CASE("model pools: models, scheduling and [model NAME] aliases", "[config]") {
+  tr::Config c = load_ok(
+      "[backend a]\nurl = http://127.0.0.1:1\nmodels = meta-llama/Llama-3.1-8B, sql:v2 ,x\n"
+      "scheduling = priority\nlong_prefill_token_threshold = 512\n"
+      "[backend b]\nurl = http://127.0.0.1:2\n"
+      "[model chat]\ntargets = meta-llama/Llama-3.1-8B:90, rc:10\n"
+      "[model sql]\ntargets = sql:v2\n");
+  REQUIRE(c.backends.size() == 2);
+  CHECK(c.backends[0].models == std::vector<std::string>{"meta-llama/Llama-3.1-8B", "sql:v2", "x"});
+  CHECK(c.backends[0].scheduling == "priority");
+  CHECK(c.backends[0].long_prefill_token_threshold == 512);
+  CHECK(c.backends[1].models.empty());
+  CHECK(c.backends[1].scheduling == "fcfs");
+  REQUIRE(c.models.size() == 2);
+  CHECK(c.models[0].name == "chat");
+  CHECK(c.models[0].line == 8);
+  REQUIRE(c.models[0].targets.size() == 2);
+  CHECK(c.models[0].targets[0].model == "meta-llama/Llama-3.1-8B");
+  CHECK(c.models[0].targets[0].weight == 90);
+  CHECK(c.models[0].targets[1].model == "rc");
+  CHECK(c.models[0].targets[1].weight == 10);
+  // "sql:v2" has no numeric weight after its last ':': the whole is the name.
+  REQUIRE(c.models[1].targets.size() == 1);
+  CHECK(c.models[1].targets[0].model == "sql:v2");
+  CHECK(c.models[1].targets[0].weight == 1);
+}
+
+TEST_CASE("model pool errors name the line", "[config]") {
+  const std::string b = kOneBackend;  // lines 1-2
+  struct Case {
+    std::string text;
+    int line;
+    const char* says;
+  };
+  const Case cases[] = {
+      {b + "[model x]\n", 3, "[model x] has no targets (required)"},
+      {b + "[model x]\ntargets = y:0\n", 4, "outside 1..1000000"},
+      {b + "[model x]\ntargets = y, y\n", 4, "listed twice"},
+      {b + "[model x]\ntargets = a,,b\n", 4, "empty target"},
+      {b + "[model x]\ntargets = x\n", 3, "names itself"},
+      {b + "[model x]\ntargets = y\n[model y]\ntargets = z\n", 3, "is itself a [model] section"},
+      {b + "[model x]\ntargets = a\n[model x]\ntargets = b\n", 5, "duplicate section [model x]"},
+      {b + "[model]\n", 3, "needs a model name"},
+      {b + "[model a\"b]\ntargets = c\n", 3, "invalid model name"},
+      {b + "models = a b\n", 3, "invalid model name"},
+      {b + "models = a, a\n", 3, "listed twice"},
+      {b + "scheduling = lifo\n", 3, "expected fcfs or priority"},
+      {b + "[model x]\nurl = http://127.0.0.1:1\n", 4, "unknown key \"url\" in [model x]"},
+  };
+  for (const Case& k : cases) {
+    Error e = load_error(k.text);
+    INFO(e.str());
+    CHECK(e.line == k.line);
+    CHECK(e.message.find(k.says) != std::string::npos);
+  }
 }

@@ -384,3 +384,24 @@ TEST_CASE("a warm inspector allocates nothing", "[openai]") {
   CHECK(f.prompt_chars == 28 + 4);
   CHECK(f.messages == 2);
 }
+
+TEST_CASE("model token position and priority", "[openai]") {
+  BodyInspector in;
+  RequestFacts f;
+  std::string body = R"({ "prompt": "x",  "model" :  "a\"b" , "priority": -3 })";
+  REQUIRE(inspect_padded(in, body, &f));
+  CHECK(f.model == "a\"b");
+  CHECK(body.substr(f.model_token_offset, f.model_token_bytes) == R"("a\"b")");
+  CHECK(f.has_priority);
+  CHECK(f.priority == -3);
+  // The unpadded path (a copy) reports offsets into the caller's body too.
+  REQUIRE(in.inspect(body.data(), body.size(), body.size(), &f));
+  CHECK(body.substr(f.model_token_offset, f.model_token_bytes) == R"("a\"b")");
+  // No string model, no integer priority.
+  REQUIRE(inspect_padded(in, R"({"model": 5, "priority": 1.5})", &f));
+  CHECK(f.model_token_bytes == 0);
+  CHECK_FALSE(f.has_priority);
+  REQUIRE(inspect_padded(in, R"({"priority": 2.0, "model":"m"})", &f));
+  CHECK(f.has_priority);
+  CHECK(f.priority == 2);
+}
