@@ -810,5 +810,27 @@ class Cli(unittest.TestCase):
         sim.stop()
 
 
+
+class Tokenizer(unittest.TestCase):
+    """--tokenizer mixed: the prompt token count depends on the kind of text
+    (README.md, Tokens); chars4 stays the default."""
+
+    def prompt_tokens(self, port, prompt):
+        status, obj = http_json(port, "POST", "/v1/completions",
+                                {"model": "sim-model", "prompt": prompt, "max_tokens": 1})
+        self.assertEqual(status, 200, obj)
+        return obj["usage"]["prompt_tokens"]
+
+    def test_mixed_counts_by_kind_and_chars4_is_the_default(self):
+        texts = {"prose": "Hello, world!", "cjk": "東京は", "code": "x = f(y);\n"}
+        with start_sim(*FAST, "--tokenizer", "mixed") as sim:
+            got = {k: self.prompt_tokens(sim.port, v) for k, v in texts.items()}
+        self.assertEqual(got, {"prose": 4, "cjk": 2, "code": 7})
+        self.assertEqual(self.prompt_tokens(SIM.port, texts["cjk"]), 1)  # ceil(3 / 4)
+        p = subprocess.run([sim_binary(), "--tokenizer", "bpe"], capture_output=True, timeout=10)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"--tokenizer", p.stderr)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

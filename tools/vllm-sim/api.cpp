@@ -19,6 +19,13 @@ uint64_t utf8_chars(std::string_view s) {
   return n;
 }
 
+// Counts one piece of prompt text into <req> (code points, and mixed tokens
+// when that tokenizer is on).
+void add_text(InferenceRequest* req, std::string_view s) {
+  req->prompt_chars += utf8_chars(s);
+  if (req->tokenizer_mixed) req->prompt_mixed_tokens += mixed_tokens(s);
+}
+
 bool bad(ApiError* err, std::string msg) {
   err->status = 400;
   err->type = "BadRequestError";
@@ -54,7 +61,7 @@ bool read_content(od::value v, InferenceRequest* req) {
   if (t == od::json_type::string) {
     std::string_view s;
     if (v.get_string().get(s) != simdjson::SUCCESS) return false;
-    req->prompt_chars += utf8_chars(s);
+    add_text(req, s);
     req->prefix_bytes.append(s);
     return true;
   }
@@ -70,7 +77,7 @@ bool read_content(od::value v, InferenceRequest* req) {
       if (key != "text") continue;
       std::string_view s;
       if (field.value().get_string().get(s) != simdjson::SUCCESS) return false;
-      req->prompt_chars += utf8_chars(s);
+      add_text(req, s);
       req->prefix_bytes.append(s);
     }
   }
@@ -122,7 +129,7 @@ bool read_prompt(od::value v, InferenceRequest* req, ApiError* err, bool nested)
   if (t == od::json_type::string) {
     std::string_view s;
     if (v.get_string().get(s) != simdjson::SUCCESS) return bad(err, "invalid JSON");
-    req->prompt_chars += utf8_chars(s);
+    add_text(req, s);
     req->prefix_bytes.append(s);
     return true;
   }
@@ -200,7 +207,8 @@ void append_usage(std::string* out, uint32_t prompt, uint32_t completion, bool d
 }  // namespace
 
 uint32_t InferenceRequest::prompt_tokens() const {
-  uint64_t t = prompt_ids + (prompt_chars + 3) / 4 + 4ull * messages;
+  const uint64_t text = tokenizer_mixed ? prompt_mixed_tokens : (prompt_chars + 3) / 4;
+  uint64_t t = prompt_ids + text + 4ull * messages;
   if (t == 0) t = 1;  // an empty prompt still costs one token (BOS)
   return t > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(t);
 }

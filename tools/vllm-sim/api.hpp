@@ -32,6 +32,10 @@ struct InferenceRequest {
   int64_t max_tokens = -1;    // max_completion_tokens, else max_tokens; -1 = absent
   int64_t priority = 0;       // lower is served first; nonzero needs the priority policy
   uint64_t prompt_chars = 0;  // UTF-8 code points of the prompt text
+  // Set by the caller before parsing: with it, the text is also counted by
+  // mixed_tokens() into <prompt_mixed_tokens>, which prompt_tokens() then uses.
+  bool tokenizer_mixed = false;
+  uint64_t prompt_mixed_tokens = 0;
   uint32_t prompt_ids = 0;    // token ids given directly (completions)
   uint32_t messages = 0;      // chat messages
   // Bytes the prefix cache hashes: chat = role, 0x1f, content, 0x1e per

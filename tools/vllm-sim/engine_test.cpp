@@ -473,5 +473,41 @@ TEST_CASE("the priority policy preempts the lowest-priority request rather than 
   CHECK(first_finished(prio.sink) == prio.b.get());
 }
 
+TEST_CASE("the mixed tokenizer counts words, CJK and symbols at their own ratios") {
+  CHECK(mixed_tokens("") == 0);
+  // A space before a word is part of it; a word costs ceil(letters / 5).
+  CHECK(mixed_tokens("the model") == 2);
+  CHECK(mixed_tokens("Hello, world!") == 4);  // Hello | , | world | !
+  CHECK(mixed_tokens("schedules") == 2);
+  // CJK: 1.5 code points per token, per run.
+  CHECK(mixed_tokens("東京は") == 2);
+  CHECK(mixed_tokens("한국어 텍스트") == 4);  // 3 Hangul, a space (symbol), 3 Hangul
+  // Symbols: 2.5 code points per token, per run; malformed bytes are symbols.
+  CHECK(mixed_tokens("x = f(y);\n") == 7);
+  CHECK(mixed_tokens("\xff\xfe") == 1);
+  // Non-ASCII letters outside CJK are word characters.
+  CHECK(mixed_tokens(" naïve") == 1);
+  // Over longer texts the ratios differ by kind, as with a BPE tokenizer.
+  std::string prose;
+  std::string code;
+  std::string cjk;
+  for (int i = 0; i < 50; ++i) {
+    prose += " the engine schedules every request in steps of prefill and decode";
+    code += "    if (x->next != nullptr) { total += x->len * 2; }\n";
+    cjk += "模型在每一步中调度请求。";
+  }
+  const auto ratio = [](const std::string& s) {
+    size_t cps = 0;
+    for (char c : s)
+      cps += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+    return static_cast<double>(cps) / static_cast<double>(mixed_tokens(s));
+  };
+  CHECK(ratio(prose) > 4.0);
+  CHECK(ratio(prose) < 5.5);
+  CHECK(ratio(code) > 2.0);
+  CHECK(ratio(code) < 3.0);
+  CHECK(ratio(cjk) == Approx(1.5).epsilon(0.05));
+}
+
 }  // namespace
 }  // namespace tr::sim

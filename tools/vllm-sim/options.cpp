@@ -77,6 +77,8 @@ const Flag kFlags[] = {
      "step time added when a non-resident adapter is used (default 50)"},
     {"scheduling-policy", &Options::scheduling_policy, 0, 0, false,
      "fcfs or priority (default fcfs)"},
+    {"tokenizer", &Options::tokenizer, 0, 0, false,
+     "prompt token count: chars4 or mixed (default chars4)"},
 };
 
 void print_usage(FILE* f) {
@@ -157,10 +159,14 @@ int invalid(const std::string& message) {
   return 2;
 }
 
-int check_scheduling(const Options* o) {
+// The flags that take one of a few words.
+int check_choices(const Options* o) {
   if (o->scheduling_policy != "fcfs" && o->scheduling_policy != "priority") {
     return invalid("--scheduling-policy must be fcfs or priority, not '" + o->scheduling_policy +
                    "'");
+  }
+  if (o->tokenizer != "chars4" && o->tokenizer != "mixed") {
+    return invalid("--tokenizer must be chars4 or mixed, not '" + o->tokenizer + "'");
   }
   return 0;
 }
@@ -233,7 +239,7 @@ int parse_options(int argc, char** argv, Options* opts) {
     }
   }
   if (opts->models.empty()) opts->models.push_back("sim-model");
-  if (int rc = check_scheduling(opts); rc != 0) return rc;
+  if (int rc = check_choices(opts); rc != 0) return rc;
   if (int rc = parse_lora_modules(opts); rc != 0) return rc;
   // vLLM refuses to start when the KV cache cannot hold one max-length request;
   // without this check a lone request could preempt itself forever.

@@ -45,6 +45,7 @@ struct Options {
   uint32_t max_cpu_loras = 0;  // resident adapters per engine; 0 = max_loras
   double lora_load_ms = 50.0;  // added to the step that first uses a non-resident adapter
   std::string scheduling_policy = "fcfs";  // "fcfs" or "priority"
+  std::string tokenizer = "chars4";        // "chars4" (ceil(code points / 4)) or "mixed"
 };
 
 // Fills <opts> from argv. Returns 0 on success; 1 when --help was asked

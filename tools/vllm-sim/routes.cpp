@@ -143,6 +143,7 @@ void Server::handle_inference(Conn* c, Endpoint ep) {
   r.body.reserve(r.body.size() + simdjson::SIMDJSON_PADDING);
 
   InferenceRequest ir;
+  ir.tokenizer_mixed = opts_.tokenizer == "mixed";
   ApiError err;
   if (!parse_inference_request(&json_, ep, &r.body, &ir, &err)) {
     respond_error(c, err);

@@ -84,6 +84,111 @@ uint32_t natural_output_len(uint64_t seed, uint64_t prompt_key, double mean_toke
   return len >= 4294967295.0 ? UINT32_MAX : static_cast<uint32_t>(len);
 }
 
+namespace {
+
+enum class CharClass : uint8_t { word, cjk, symbol };
+
+// Decodes the code point at <s>[<i>] and advances <i> past it; a malformed or
+// truncated sequence yields 0xFFFD and consumes one byte.
+uint32_t next_code_point(std::string_view s, size_t* i) {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = b(*i);
+  size_t len = 1;
+  uint32_t cp = c;
+  if (c >= 0xF0 && c < 0xF8) {
+    len = 4;
+    cp = c & 0x07;
+  } else if (c >= 0xE0) {
+    len = c < 0xF0 ? 3 : 1;
+    cp = c & 0x0F;
+  } else if (c >= 0xC0) {
+    len = 2;
+    cp = c & 0x1F;
+  } else if (c >= 0x80) {
+    *i += 1;
+    return 0xFFFD;
+  }
+  if (len == 1 || *i + len > s.size()) {
+    *i += 1;
+    return c < 0x80 ? c : 0xFFFD;
+  }
+  for (size_t k = 1; k < len; ++k) {
+    if ((b(*i + k) & 0xC0) != 0x80) {
+      *i += 1;
+      return 0xFFFD;
+    }
+    cp = (cp << 6) | (b(*i + k) & 0x3F);
+  }
+  *i += len;
+  return cp;
+}
+
+CharClass classify(uint32_t cp) {
+  if (cp < 0x80) {
+    const bool alnum = (cp >= '0' && cp <= '9') || (cp >= 'a' && cp <= 'z') ||
+                       (cp >= 'A' && cp <= 'Z') || cp == '_';
+    return alnum ? CharClass::word : CharClass::symbol;
+  }
+  if ((cp >= 0x1100 && cp <= 0x11FF) ||    // Hangul Jamo
+      (cp >= 0x2E80 && cp <= 0x9FFF) ||    // CJK radicals, punctuation, kana, Han
+      (cp >= 0xA960 && cp <= 0xA97F) ||    // Hangul Jamo extended-A
+      (cp >= 0xAC00 && cp <= 0xD7FF) ||    // Hangul syllables, Jamo extended-B
+      (cp >= 0xF900 && cp <= 0xFAFF) ||    // CJK compatibility ideographs
+      (cp >= 0xFF00 && cp <= 0xFFEF) ||    // half- and full-width forms
+      (cp >= 0x20000 && cp <= 0x3FFFF)) {  // Han extensions B..
+    return CharClass::cjk;
+  }
+  // Latin-1 and general punctuation, symbols, arrows, box drawing, the
+  // replacement character: symbols. Other non-ASCII letters: words.
+  if (cp <= 0xBF || cp == 0xD7 || cp == 0xF7 || (cp >= 0x2000 && cp <= 0x2BFF) ||
+      cp == 0xFFFD) {
+    return CharClass::symbol;
+  }
+  return CharClass::word;
+}
+
+uint64_t run_tokens(CharClass cls, uint64_t n) {
+  switch (cls) {
+    case CharClass::word:
+      return (n + 4) / 5;
+    case CharClass::cjk:
+      return (2 * n + 2) / 3;
+    case CharClass::symbol:
+      return (2 * n + 4) / 5;
+  }
+  return n;
+}
+
+}  // namespace
+
+uint64_t mixed_tokens(std::string_view text) {
+  uint64_t tokens = 0;
+  uint64_t run = 0;  // code points in the current run
+  CharClass cls = CharClass::symbol;
+  size_t i = 0;
+  while (i < text.size()) {
+    const uint32_t cp = next_code_point(text, &i);
+    CharClass c = classify(cp);
+    if (cp == ' ' && i < text.size()) {
+      size_t j = i;
+      if (classify(next_code_point(text, &j)) != CharClass::symbol) {
+        // The space opens the next word or CJK run: close the current run
+        // and let the next code point start the new one.
+        tokens += run_tokens(cls, run);
+        run = 0;
+        continue;
+      }
+    }
+    if (run > 0 && c != cls) {
+      tokens += run_tokens(cls, run);
+      run = 0;
+    }
+    cls = c;
+    run += 1;
+  }
+  return tokens + run_tokens(cls, run);
+}
+
 void json_escape_append(std::string* out, std::string_view text) {
   static const char kHex[] = "0123456789abcdef";
   size_t run = 0;  // start of the pending run of bytes that need no escaping

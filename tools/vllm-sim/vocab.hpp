@@ -42,6 +42,23 @@ uint32_t stop_point(uint64_t seed, uint64_t key, uint32_t max_tokens);
 // must depend on the prompt only, so every front end sees the same length.
 uint32_t natural_output_len(uint64_t seed, uint64_t prompt_key, double mean_tokens, double sigma);
 
+// Prompt tokens of <text> under `--tokenizer mixed`, a deterministic stand-in
+// for a BPE tokenizer whose ratio of characters to tokens depends on the text
+// (README.md, Tokens). One pass over the bytes, no allocation. The text splits
+// into maximal runs of one class of code point:
+//   word   ASCII letters, digits and '_', and non-ASCII letters outside CJK:
+//          ceil(n / 5) tokens per run, so English prose, spaces included,
+//          comes to about 4 code points per token;
+//   cjk    Han, Hiragana, Katakana, Hangul, CJK punctuation and full-width
+//          forms: ceil(2n / 3) tokens per run (1.5 code points per token);
+//   symbol every other code point (punctuation, operators, brackets, newlines,
+//          tabs, spaces not joined to a word) and malformed bytes:
+//          ceil(2n / 5) tokens per run (2.5 per token, as in source code).
+// One space right before a word or CJK run is part of that run (BPE's
+// " word" tokens), so it costs nothing.
+// Returns 0 for an empty text.
+uint64_t mixed_tokens(std::string_view text);
+
 // Appends <text> JSON-escaped the way pydantic v2 does: '"', '\\' and
 // control characters escaped, everything else (including non-ASCII UTF-8)
 // copied as is.
