@@ -466,7 +466,8 @@ std::string render_status(const Sources& src) {
             "\"engines\":%u,\"running\":%g,\"waiting\":%g,\"kv_usage\":%g,"
             "\"prefix_hit_rate\":%g,\"block_size\":%u,\"num_gpu_blocks\":%llu,"
             "\"ttft_mean_s\":%g,\"itl_mean_s\":%g,\"prompt_tokens_per_s\":%g,"
-            "\"generation_tokens_per_s\":%g},",
+            "\"generation_tokens_per_s\":%g,\"kv_free_tokens\":%g,\"preemptions_per_s\":%g,"
+            "\"peak_running\":%u,\"max_lora\":%d,\"loras_running\":%u},",
             slot.up.load(std::memory_order_relaxed) ? "true" : "false",
             slot.last_health_status.load(std::memory_order_relaxed),
             static_cast<long long>(health_at ? now - health_at : -1),
@@ -474,7 +475,8 @@ std::string render_status(const Sources& src) {
             static_cast<long long>(st.scraped_at_ms ? now - st.scraped_at_ms : -1), st.scrapes_ok,
             st.scrape_errors, st.engines, st.running, st.waiting, st.kv_usage, st.prefix_hit_rate,
             st.block_size, static_cast<unsigned long long>(st.num_gpu_blocks), st.ttft_mean_s,
-            st.itl_mean_s, st.prompt_tokens_per_s, st.generation_tokens_per_s);
+            st.itl_mean_s, st.prompt_tokens_per_s, st.generation_tokens_per_s, st.kv_free_tokens,
+            st.preemptions_per_s, st.peak_running, st.max_lora, st.loras_running);
     appendf(&out,
             "\"calibration\":{\"samples\":%u,\"step_base_s\":%g,\"step_per_token_s\":%g,"
             "\"chars_per_token\":%g,\"budget_tokens\":%u,\"max_num_seqs\":%u},",

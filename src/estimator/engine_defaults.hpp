@@ -10,6 +10,10 @@ namespace tr::estimator {
 // vLLM V1 defaults when the replica's config does not say.
 inline constexpr uint32_t kDefaultBudgetTokens = 2048;  // max_num_batched_tokens
 inline constexpr uint32_t kDefaultMaxNumSeqs = 256;     // max_num_seqs
+// vllm serve's defaults on larger GPUs (H100/H200/MI300 class): assumed once a
+// replica is seen running more than kDefaultMaxNumSeqs requests at once.
+inline constexpr uint32_t kLargeGpuBudgetTokens = 8192;
+inline constexpr uint32_t kLargeGpuMaxNumSeqs = 1024;
 // Data-parallel engines behind one URL (--data-parallel-size): 1 when unknown,
 // clamped to kEnginesMax.
 inline constexpr uint32_t kDefaultEngines = 1;

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <climits>
@@ -130,6 +131,7 @@ struct Poller::Impl final : HttpHandler {
     bool metrics_failing = false;  // logged once
     estimator::StepCalibrator calibrator;
     scores::ScrapedState published;
+    std::array<uint32_t, scores::kLoraHashesMax> lora_hashes{};  // of the last scrape
   };
 
   Impl(const tr::Config& cfg, scores::Table* t)
@@ -219,6 +221,7 @@ struct Poller::Impl final : HttpHandler {
     st.kv_usage = static_cast<float>(em.kv_usage);
     if (em.block_size) st.block_size = em.block_size;
     if (em.num_gpu_blocks) st.num_gpu_blocks = em.num_gpu_blocks;
+    read_engines(em, &st, &rep.lora_hashes);
     if (rep.have_prev && now > rep.prev_scrape_ms) {
       const EngineMetrics& p = rep.prev;
       double interval_s = static_cast<double>(now - rep.prev_scrape_ms) / 1000.0;
@@ -228,6 +231,11 @@ struct Poller::Impl final : HttpHandler {
       };
       double d_prompt = delta(em.prompt_tokens, p.prompt_tokens);
       double d_gen = delta(em.generation_tokens, p.generation_tokens);
+      double d_preempt = delta(em.preemptions, p.preemptions);
+      if (d_preempt >= 0) {
+        st.preemptions_per_s =
+            static_cast<float>(0.7 * st.preemptions_per_s + 0.3 * d_preempt / interval_s);
+      }
       double d_queries = delta(em.prefix_queries, p.prefix_queries);
       double d_hits = delta(em.prefix_hits, p.prefix_hits);
       if (d_queries > 0 && d_hits >= 0) st.prefix_hit_rate = static_cast<float>(d_hits / d_queries);
@@ -261,6 +269,64 @@ struct Poller::Impl final : HttpHandler {
     publish(i, st);
   }
 
+  // Engine facts from one scrape: the engine a new request would join (vLLM's
+  // data-parallel front end picks the least loaded, 4 x waiting + running),
+  // its free KV, the largest batch any engine ran (from which max_num_seqs
+  // and the token budget are learned, docs/CONFIG.md), the running adapters.
+  static void read_engines(const EngineMetrics& em, scores::ScrapedState* st,
+                           std::array<uint32_t, scores::kLoraHashesMax>* lora_hashes) {
+    double best_load = -1;
+    double free_tokens = -1;
+    double peak = em.engines <= 1 && em.running >= 0 ? em.running : 0;
+    for (uint32_t k = 0; k < em.engine_detail_count; ++k) {
+      const EngineDetail& e = em.engine_detail[k];
+      if (e.running < 0) continue;
+      peak = std::max(peak, e.running);
+      double load = 4 * std::max(0.0, e.waiting) + e.running;
+      uint64_t blocks = e.num_gpu_blocks ? e.num_gpu_blocks : st->num_gpu_blocks;
+      uint32_t bs = e.block_size ? e.block_size : st->block_size;
+      if (best_load < 0 || load < best_load) {
+        best_load = load;
+        free_tokens = e.kv_usage >= 0 && blocks && bs
+                          ? (1.0 - std::min(1.0, e.kv_usage)) * static_cast<double>(blocks) * bs
+                          : -1;
+      }
+    }
+    if (em.engine_detail_count == 0 && em.kv_usage >= 0 && st->num_gpu_blocks && st->block_size) {
+      free_tokens = (1.0 - std::min(1.0, em.kv_usage)) * static_cast<double>(st->num_gpu_blocks) *
+                    st->block_size;
+    }
+    st->kv_free_tokens = static_cast<float>(free_tokens);
+    st->peak_running = std::max<uint32_t>(st->peak_running, static_cast<uint32_t>(peak));
+    // A batch larger than vLLM's A100-class default (256 sequences) means the
+    // larger-GPU defaults (vllm serve on H100/H200/MI300: 1,024 / 8,192), or
+    // a configured limit at least that high. The budget is not visible in V1
+    // metrics (iteration-token buckets count whole prompts at their last
+    // chunk), so it follows the sequence limit's class.
+    if (st->peak_running > estimator::kDefaultMaxNumSeqs) {
+      st->learned_seqs = std::max<uint32_t>(st->peak_running, estimator::kLargeGpuMaxNumSeqs);
+      st->learned_budget = estimator::kLargeGpuBudgetTokens;
+    }
+    lora_hashes->fill(0);
+    st->max_lora = em.lora.present ? em.lora.max_lora : -1;
+    st->loras_running = 0;
+    if (em.lora.present) {
+      std::string_view list = em.lora.running.view();
+      while (!list.empty()) {
+        size_t comma = list.find(',');
+        std::string_view name = list.substr(0, comma);
+        if (!name.empty()) {
+          if (st->loras_running < scores::kLoraHashesMax) {
+            (*lora_hashes)[st->loras_running] = scores::lora_hash(name.data(), name.size());
+          }
+          ++st->loras_running;
+        }
+        if (comma == std::string_view::npos) break;
+        list.remove_prefix(comma + 1);
+      }
+    }
+  }
+
   // Mean calibration over replicas that have one (for those that do not yet).
   void update_fleet_calibration() {
     double base = 0;
@@ -287,7 +353,15 @@ struct Poller::Impl final : HttpHandler {
       rs.running = st.running;
       rs.waiting = st.waiting;
       rs.kv_usage = st.kv_usage;
+      rs.kv_free_tokens = st.kv_free_tokens;
+      rs.preemptions_per_s = st.preemptions_per_s;
+      rs.engines = static_cast<uint16_t>(std::clamp<uint32_t>(st.engines, 1, UINT16_MAX));
+      rs.max_lora = static_cast<int16_t>(std::clamp<int32_t>(st.max_lora, -1, INT16_MAX));
+      rs.loras_running = static_cast<uint16_t>(std::min<uint32_t>(st.loras_running, UINT16_MAX));
+      std::copy(replicas[i].lora_hashes.begin(), replicas[i].lora_hashes.end(), rs.lora_hashes);
     }
+    rs.learned_seqs = st.learned_seqs;
+    rs.learned_budget = st.learned_budget;
     if (st.calibration_samples > 0) {
       rs.flags |= scores::RoutingState::kCalibrated;
       rs.step_base_s = st.step_base_s;

@@ -21,7 +21,7 @@ namespace tr::proxy {
 
 namespace {
 
-enum TimerTag : uintptr_t { kTimerState = 1 };
+enum TimerTag : uintptr_t { kTimerState = 1, kTimerPhase = 2 };
 
 // Bytes of pipelined input held while a request is in progress; beyond this the
 // client connection stops being read until the current exchange ends.
@@ -75,6 +75,8 @@ ClientConn::ClientConn(Worker* w, int fd)
   sock_.handler = this;
   timer_.handler = this;
   timer_.tag = kTimerState;
+  phase_timer_.handler = this;
+  phase_timer_.tag = kTimerPhase;
   format_peer(fd, client_ip_, sizeof client_ip_);
   req_.set_body_sink(
       [](void* self, const char* p, size_t n) {
@@ -143,7 +145,10 @@ void ClientConn::arm_timer_for_state() {
 }
 
 void ClientConn::on_timer(uintptr_t tag) {
-  (void)tag;
+  if (tag == kTimerPhase) {
+    dispatch_first_token();  // a non-streaming request's predicted TTFT has passed
+    return;
+  }
   const TimeoutsConfig& t = w_->cfg().timeouts;
   switch (state_) {
     case State::kReading:
@@ -482,6 +487,9 @@ bool ClientConn::resolve_model() {
     }
   }
   if (!rewrite_.empty()) facts_.model.assign(rewrite_);  // learn and log the served model
+  adapter_hash_ = res.model != nullptr && !res.model->parent.empty()
+                      ? scores::lora_hash(res.model->id.data(), res.model->id.size())
+                      : 0;
   return true;
 }
 
@@ -490,6 +498,7 @@ routing::Ranking ClientConn::rank_in_pool(const routing::RouteRequest& rr) {
   uint32_t max = w_->cfg().upstream.max_attempts < kMaxRanked ? w_->cfg().upstream.max_attempts
                                                               : static_cast<uint32_t>(kMaxRanked);
   const TableSource& all = w_->replicas();
+  all.set_request(adapter_hash_, priority_);
   if (pool_.size() == all.size()) {  // the whole fleet (pools are ascending: identity)
     return w_->policy().rank(rr, all, std::span<uint32_t>(ranked_, max));
   }
@@ -506,6 +515,8 @@ void ClientConn::route_and_dispatch() {
   rr.facts = &facts_;
   rr.cost.prompt_tokens = w_->learner().prompt_tokens(facts_);
   rr.cost.output_tokens = w_->learner().output_tokens(facts_);
+  rr.cost.priority = static_cast<int32_t>(std::clamp<int64_t>(priority_, INT32_MIN, INT32_MAX));
+  rr.cost.adapter = adapter_hash_ != 0;
   cost_ = rr.cost;
   int64_t t0 = mono_ns();
   w_->replicas().set_now(t0 / 1'000'000);
@@ -584,34 +595,68 @@ bool ClientConn::credit_dispatch() {
     d.inflight.fetch_sub(1, std::memory_order_relaxed);  // another worker took the last slot
     return false;
   }
+  size_t cls = estimator::priority_class(cost_.priority);
   d.prefill_requests.fetch_add(1, std::memory_order_relaxed);
   d.prefill_tokens.fetch_add(cost_.prompt_tokens, std::memory_order_relaxed);
+  d.prefill_requests_by_class[cls].fetch_add(1, std::memory_order_relaxed);
+  d.prefill_tokens_by_class[cls].fetch_add(cost_.prompt_tokens, std::memory_order_relaxed);
   d.decode_tokens.fetch_add(cost_.output_tokens, std::memory_order_relaxed);
+  decode_credit_ = cost_.output_tokens;
+  events_unaccounted_ = 0;
   phase_ = Phase::kPrefill;
+  // A non-streaming response shows no first token: it moves to decode when
+  // its predicted TTFT has passed (it is then most likely decoding).
+  if (!facts_.stream) {
+    double ms = predicted_ttft_s_ > 0 ? predicted_ttft_s_ * 1000 : 1;
+    w_->loop().timers().arm(&phase_timer_, mono_ms(),
+                            static_cast<int64_t>(std::clamp(ms, 1.0, 3600e3)));
+  }
   return true;
+}
+
+// Prefill work leaves the replica's queue (first token, or its prediction).
+void ClientConn::debit_prefill(scores::Dispatch& d) {
+  size_t cls = estimator::priority_class(cost_.priority);
+  d.prefill_requests.fetch_sub(1, std::memory_order_relaxed);
+  d.prefill_tokens.fetch_sub(cost_.prompt_tokens, std::memory_order_relaxed);
+  d.prefill_requests_by_class[cls].fetch_sub(1, std::memory_order_relaxed);
+  d.prefill_tokens_by_class[cls].fetch_sub(cost_.prompt_tokens, std::memory_order_relaxed);
+}
+
+// Token events relayed since the last call: the output still to come shrinks.
+void ClientConn::debit_relayed_tokens() {
+  if (events_unaccounted_ == 0 || phase_ == Phase::kNone) return;
+  int64_t n = std::min<int64_t>(events_unaccounted_, decode_credit_);
+  events_unaccounted_ = 0;
+  if (n <= 0) return;
+  decode_credit_ -= n;
+  w_->shared()
+      .table->at(static_cast<size_t>(backend_))
+      .dispatch.decode_tokens.fetch_sub(n, std::memory_order_relaxed);
 }
 
 void ClientConn::dispatch_first_token() {
   if (phase_ != Phase::kPrefill) return;
   scores::Dispatch& d = w_->shared().table->at(static_cast<size_t>(backend_)).dispatch;
-  d.prefill_requests.fetch_sub(1, std::memory_order_relaxed);
-  d.prefill_tokens.fetch_sub(cost_.prompt_tokens, std::memory_order_relaxed);
+  debit_prefill(d);
   d.decode_requests.fetch_add(1, std::memory_order_relaxed);
   phase_ = Phase::kDecode;
+  w_->loop().timers().disarm(&phase_timer_);
 }
 
 void ClientConn::release_dispatch() {
   if (phase_ == Phase::kNone) return;
   scores::Dispatch& d = w_->shared().table->at(static_cast<size_t>(backend_)).dispatch;
   if (phase_ == Phase::kPrefill) {
-    d.prefill_requests.fetch_sub(1, std::memory_order_relaxed);
-    d.prefill_tokens.fetch_sub(cost_.prompt_tokens, std::memory_order_relaxed);
+    debit_prefill(d);
   } else {
     d.decode_requests.fetch_sub(1, std::memory_order_relaxed);
   }
-  d.decode_tokens.fetch_sub(cost_.output_tokens, std::memory_order_relaxed);
+  d.decode_tokens.fetch_sub(decode_credit_, std::memory_order_relaxed);
+  decode_credit_ = 0;
   d.inflight.fetch_sub(1, std::memory_order_relaxed);
   phase_ = Phase::kNone;
+  w_->loop().timers().disarm(&phase_timer_);
 }
 
 void ClientConn::try_next_replica() {
@@ -809,6 +854,7 @@ void ClientConn::upstream_data(UpstreamConn* u, uint16_t bid, char* data, uint32
         return;
     }
   }
+  debit_relayed_tokens();  // once per receive, not per event: one atomic on the shared line
   if (done) {
     bool reusable = off == len && resp.keep_alive() && u->request_fully_sent();
     response_done(reusable);
@@ -853,6 +899,7 @@ void ClientConn::upstream_body_piece(const char* p, size_t n) {
     sse_.feed(std::string_view(p, n), [this](const SseScanner::Event& e) {
       if (!e.is_data() || e.done) return;
       w_->stats().stream_events.add();
+      ++events_unaccounted_;
       if (!first_event_seen_) {
         first_event_seen_ = true;
         double ttft_s = static_cast<double>(mono_ns() - t_request_ns_) / 1e9;

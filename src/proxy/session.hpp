@@ -25,6 +25,7 @@
 #include "models/catalog.hpp"
 #include "proxy/stats.hpp"
 #include "routing/policy.hpp"
+#include "scores/table.hpp"
 #include "sse/sse.hpp"
 #include "tokenrelay/request_facts.hpp"
 
@@ -112,6 +113,8 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   void account_model();
   bool credit_dispatch();
   void dispatch_first_token();
+  void debit_prefill(scores::Dispatch& d);
+  void debit_relayed_tokens();
   void release_dispatch();
   void release_upstream(bool reusable);
   void abort_exchange(Failure why);
@@ -127,6 +130,7 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   io::Socket sock_;
   io::OutQueue out_;
   io::Timer timer_;
+  io::Timer phase_timer_;  // non-streaming: the predicted first token moves it to decode
   State state_ = State::kReading;
   bool close_after_ = false;  // close once the current response is flushed
   bool draining_ = false;
@@ -159,6 +163,9 @@ class ClientConn final : public io::SocketHandler, public io::TimerHandler {
   enum class Phase : uint8_t { kNone, kPrefill, kDecode };
   Phase phase_ = Phase::kNone;  // dispatch accounting of the current attempt
   estimator::RequestCost cost_{};
+  uint32_t adapter_hash_ = 0;            // scores::lora_hash of a LoRA adapter model; 0 = not one
+  int64_t decode_credit_ = 0;            // output tokens of this attempt still in decode_tokens
+  uint32_t events_unaccounted_ = 0;      // token events relayed since decode_tokens was reduced
   estimator::ReplicaLoad learn_load_{};  // the replica's load when this attempt was sent
   double predicted_ttft_s_ = -1;
   // Admission queue (owned by the worker; links valid while queued_).

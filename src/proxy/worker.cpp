@@ -55,10 +55,8 @@ TableSource::TableSource(const Config* cfg, const scores::Table* table)
     uint32_t limit = b.max_inflight                ? b.max_inflight
                      : cfg->admission.max_inflight ? cfg->admission.max_inflight
                                                    : b.max_num_seqs;
-    fixed_.push_back(
-        Fixed{b.weight,
-              b.max_num_batched_tokens ? b.max_num_batched_tokens : estimator::kDefaultBudgetTokens,
-              b.max_num_seqs ? b.max_num_seqs : estimator::kDefaultMaxNumSeqs, limit});
+    fixed_.push_back(Fixed{b.weight, b.max_num_batched_tokens, b.max_num_seqs, limit,
+                           b.long_prefill_token_threshold, b.scheduling == "priority"});
   }
 }
 
@@ -85,15 +83,42 @@ void TableSource::view(size_t i, routing::ReplicaView* v) const {
   bool scraped = st.flags & scores::RoutingState::kMetricsOk;
   double s_running = scraped ? std::max<float>(0, st.running) : 0;
   double s_waiting = scraped ? std::max<float>(0, st.waiting) : 0;
+  // Engine limits: configured, else learned from the scrapes, else vLLM's defaults.
+  const uint32_t engines = scraped ? std::max<uint16_t>(st.engines, 1) : 1;
+  const uint32_t seqs = f.max_num_seqs    ? f.max_num_seqs
+                        : st.learned_seqs ? st.learned_seqs
+                                          : estimator::kDefaultMaxNumSeqs;
+  const uint32_t budget = f.budget_tokens     ? f.budget_tokens
+                          : st.learned_budget ? st.learned_budget
+                                              : estimator::kDefaultBudgetTokens;
   // Our accounting is live; the scrape is up to one interval old but also sees
-  // traffic from elsewhere. Take whichever shows more.
-  double total = std::max(s_running + s_waiting, static_cast<double>(inflight));
-  v->running = std::min<double>(total, f.max_num_seqs);
-  v->waiting = total - v->running;
+  // traffic from elsewhere. Take whichever shows more; what we sent beyond
+  // the scrape runs if there is room (all engines' slots), else waits. The
+  // scraped waiting count stays waiting: vLLM queues for budget or KV too,
+  // not only for slots.
+  double ahead = std::max(0.0, static_cast<double>(inflight) - (s_running + s_waiting));
+  double slots = static_cast<double>(seqs) * engines;
+  v->running = std::min(s_running + ahead, std::max(s_running, slots));
+  v->waiting = s_waiting + (s_running + ahead - v->running);
   v->kv_usage = scraped ? st.kv_usage : -1;
   estimator::ReplicaLoad& l = v->load;
-  l.budget_tokens = f.budget_tokens;
-  l.max_num_seqs = f.max_num_seqs;
+  l.budget_tokens = budget;
+  l.max_num_seqs = seqs;
+  l.engines = engines;
+  l.long_prefill_threshold = f.long_prefill_threshold;
+  l.kv_free_tokens = scraped ? st.kv_free_tokens : -1;
+  l.preemptions_per_s = scraped ? st.preemptions_per_s : 0;
+  l.priority_scheduling = f.priority_scheduling;
+  if (adapter_hash_ != 0) {
+    l.adapter_resident = std::find(std::begin(st.lora_hashes), std::end(st.lora_hashes),
+                                   adapter_hash_) != std::end(st.lora_hashes);
+    l.max_loras = st.max_lora > 0 ? static_cast<uint32_t>(st.max_lora) : 0;
+    l.loras_running = st.loras_running;
+  } else {
+    l.adapter_resident = false;
+    l.max_loras = 0;
+    l.loras_running = 0;
+  }
   if ((st.flags & scores::RoutingState::kCalibrated) || st.step_base_s > 0) {
     l.step_base_s = st.step_base_s;  // its own, or the fleet's until it has its own
     l.step_per_token_s = st.step_per_token_s;
@@ -116,6 +141,15 @@ void TableSource::view(size_t i, routing::ReplicaView* v) const {
   l.prefill_tokens_queued = prefill_tokens + foreign_waiting * kForeignPromptTokens;
   l.decode_tokens_remaining = decode_tokens + foreign_running * kForeignOutputTokens;
   l.kv_usage = v->kv_usage;
+  if (f.priority_scheduling) {
+    // What waits ahead, by class; foreign load counts as normal (class 1).
+    for (size_t c = 0; c < estimator::kPriorityClasses; ++c) {
+      l.waiting_by_class[c] =
+          std::max<double>(0, d.prefill_requests_by_class[c].load(std::memory_order_relaxed));
+      l.prefill_tokens_by_class[c] =
+          std::max<double>(0, d.prefill_tokens_by_class[c].load(std::memory_order_relaxed));
+    }
+  }
 }
 
 Worker::Worker(Shared* shared, const WorkerOptions& opt)

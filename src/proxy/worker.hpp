@@ -40,6 +40,12 @@ class TableSource final : public routing::ReplicaSource {
   void view(size_t i, routing::ReplicaView* out) const override;
   // The time decisions are made at (ejection, slow start); set once per decision.
   void set_now(int64_t now_ms) const { now_ms_ = now_ms; }
+  // The request being routed, for what depends on it: its LoRA adapter
+  // (scores::lora_hash of its model; 0 = not an adapter) and priority class.
+  void set_request(uint32_t adapter_hash, int64_t priority) const {
+    adapter_hash_ = adapter_hash;
+    priority_ = priority;
+  }
   // Per-token prefill cost learned by this worker from observed TTFTs (0 = none yet).
   void set_learned_per_token(const std::vector<double>* v, const std::vector<int64_t>* at_ms) {
     learned_per_token_ = v;
@@ -51,9 +57,11 @@ class TableSource final : public routing::ReplicaSource {
   // the (large) BackendConfig objects.
   struct Fixed {
     double weight;
-    uint32_t budget_tokens;
-    uint32_t max_num_seqs;
-    uint32_t max_inflight;  // 0 = no limit
+    uint32_t budget_tokens;  // configured; 0 = learned or the default
+    uint32_t max_num_seqs;   // configured; 0 = learned or the default
+    uint32_t max_inflight;   // 0 = no limit
+    uint32_t long_prefill_threshold;
+    bool priority_scheduling;
   };
 
  public:
@@ -64,6 +72,8 @@ class TableSource final : public routing::ReplicaSource {
   std::vector<Fixed> fixed_;
   uint32_t slow_start_ms_;
   mutable int64_t now_ms_ = 0;
+  mutable uint32_t adapter_hash_ = 0;
+  mutable int64_t priority_ = 0;
   const std::vector<double>* learned_per_token_ = nullptr;
   const std::vector<int64_t>* learned_at_ms_ = nullptr;  // time of the last sample
 };

@@ -34,6 +34,17 @@
 
 namespace tr::scores {
 
+// Running LoRA adapters a RoutingState carries, as name hashes (lora_hash()).
+inline constexpr size_t kLoraHashesMax = 8;
+
+// FNV-1a of an adapter name: what RoutingState::lora_hashes holds.
+inline uint32_t lora_hash(const char* p, size_t n) {
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < n; ++i)
+    h = (h ^ static_cast<unsigned char>(p[i])) * 16777619u;
+  return h ? h : 1;  // 0 marks an empty entry
+}
+
 // Published by the poller for one replica. Plain data; copied whole.
 struct ScrapedState {
   int64_t scraped_at_ms = 0;  // monotonic ms of the last good scrape (0 = never)
@@ -60,6 +71,15 @@ struct ScrapedState {
   // characters workers sent it over vllm:prompt_tokens_total, per interval,
   // smoothed. -1 until traffic was seen.
   float chars_per_token = -1;
+  // Data-parallel engines and the engine a new request would join (vLLM's DP
+  // front end picks the least loaded: fewest 4 x waiting + running).
+  float kv_free_tokens = -1;    // free KV of that engine, tokens; -1 unknown
+  float preemptions_per_s = 0;  // vllm:num_preemptions_total rate, smoothed
+  uint32_t peak_running = 0;    // most requests one engine has run at once, seen
+  uint32_t learned_seqs = 0;    // max_num_seqs learned (0 = use the default)
+  uint32_t learned_budget = 0;  // max_num_batched_tokens learned (0 = default)
+  int32_t max_lora = -1;        // vllm:lora_requests_info max_lora; -1 unknown
+  uint32_t loras_running = 0;   // adapters running (per engine)
 };
 static_assert(std::is_trivially_copyable_v<ScrapedState>);
 
@@ -71,7 +91,15 @@ struct RoutingState {
   float kv_usage = -1;
   float step_base_s = 0;  // 0 = not calibrated yet
   float step_per_token_s = 0;
-  uint32_t flags = 0;  // kMetricsOk | kCalibrated
+  float kv_free_tokens = -1;  // of the engine a request would join; -1 unknown
+  float preemptions_per_s = 0;
+  uint16_t engines = 1;
+  int16_t max_lora = -1;  // -1 unknown
+  uint16_t loras_running = 0;
+  uint32_t learned_seqs = 0;                  // 0 = not learned
+  uint32_t learned_budget = 0;                // 0 = not learned
+  uint32_t lora_hashes[kLoraHashesMax] = {};  // running adapters (lora_hash); 0 = empty
+  uint32_t flags = 0;                         // kMetricsOk | kCalibrated
   static constexpr uint32_t kMetricsOk = 1;
   static constexpr uint32_t kCalibrated = 2;
 };
@@ -122,11 +150,15 @@ class Seqlock {
 // the old configuration count against the replica's limits in the new one,
 // and an ejection outlives a reload.
 struct alignas(64) Dispatch {
-  std::atomic<int64_t> inflight{0};            // routed here, not finished
-  std::atomic<int64_t> prefill_requests{0};    // routed, first token not seen yet
-  std::atomic<int64_t> prefill_tokens{0};      // their estimated prompt tokens
-  std::atomic<int64_t> decode_requests{0};     // first token seen, not finished
-  std::atomic<int64_t> decode_tokens{0};       // estimated output tokens still to come
+  std::atomic<int64_t> inflight{0};          // routed here, not finished
+  std::atomic<int64_t> prefill_requests{0};  // routed, first token not seen yet
+  std::atomic<int64_t> prefill_tokens{0};    // their estimated prompt tokens
+  std::atomic<int64_t> decode_requests{0};   // first token seen, not finished
+  std::atomic<int64_t> decode_tokens{0};     // estimated output tokens still to come
+  // The prefill requests and tokens above by priority class
+  // (estimator::priority_class: urgent, normal, background).
+  std::atomic<int64_t> prefill_requests_by_class[3] = {};
+  std::atomic<int64_t> prefill_tokens_by_class[3] = {};
   std::atomic<uint64_t> prompt_chars_sent{0};  // prompt characters sent there (cumulative)
   // Passive health: a replica that keeps failing requests is ejected until
   // <ejected_until_ms> (mono ms); after that its weight ramps up.
