@@ -55,9 +55,19 @@ TableSource::TableSource(const Config* cfg, const scores::Table* table)
     uint32_t limit = b.max_inflight                ? b.max_inflight
                      : cfg->admission.max_inflight ? cfg->admission.max_inflight
                                                    : b.max_num_seqs;
-    fixed_.push_back(Fixed{b.weight, b.max_num_batched_tokens, b.max_num_seqs, limit,
+    bool per_engine = !b.max_inflight && !cfg->admission.max_inflight;
+    fixed_.push_back(Fixed{b.weight, b.max_num_batched_tokens, b.max_num_seqs, limit, per_engine,
                            b.long_prefill_token_threshold, b.scheduling == "priority"});
   }
+}
+
+uint32_t TableSource::max_inflight(size_t i) const {
+  const Fixed& f = fixed_[i];
+  if (!f.limit_per_engine || f.max_inflight == 0) return f.max_inflight;
+  scores::RoutingState st = table_->at(i).routing.load();
+  uint32_t engines =
+      (st.flags & scores::RoutingState::kMetricsOk) ? std::max<uint16_t>(st.engines, 1) : 1;
+  return f.max_inflight * engines;
 }
 
 void TableSource::view(size_t i, routing::ReplicaView* v) const {
@@ -73,7 +83,6 @@ void TableSource::view(size_t i, routing::ReplicaView* v) const {
     v->weight *= std::max(0.1, ramp);
   }
   int64_t inflight = d.inflight.load(std::memory_order_relaxed);
-  v->saturated = f.max_inflight && inflight >= static_cast<int64_t>(f.max_inflight);
   double prefill_requests = std::max<double>(0, d.prefill_requests.load(std::memory_order_relaxed));
   double prefill_tokens = std::max<double>(0, d.prefill_tokens.load(std::memory_order_relaxed));
   double decode_requests = std::max<double>(0, d.decode_requests.load(std::memory_order_relaxed));
@@ -101,6 +110,8 @@ void TableSource::view(size_t i, routing::ReplicaView* v) const {
   v->running = std::min(s_running + ahead, std::max(s_running, slots));
   v->waiting = s_waiting + (s_running + ahead - v->running);
   v->kv_usage = scraped ? st.kv_usage : -1;
+  const uint64_t limit = f.limit_per_engine ? uint64_t{f.max_inflight} * engines : f.max_inflight;
+  v->saturated = limit && inflight >= static_cast<int64_t>(limit);
   estimator::ReplicaLoad& l = v->load;
   l.budget_tokens = budget;
   l.max_num_seqs = seqs;

@@ -60,12 +60,14 @@ class TableSource final : public routing::ReplicaSource {
     uint32_t budget_tokens;  // configured; 0 = learned or the default
     uint32_t max_num_seqs;   // configured; 0 = learned or the default
     uint32_t max_inflight;   // 0 = no limit
+    bool limit_per_engine;   // max_inflight is max_num_seqs: x the replica's engines
     uint32_t long_prefill_threshold;
     bool priority_scheduling;
   };
 
  public:
-  uint32_t max_inflight(size_t i) const { return fixed_[i].max_inflight; }
+  // The in-flight limit of replica <i> now (0 = none).
+  uint32_t max_inflight(size_t i) const;
 
  private:
   const scores::Table* table_;
