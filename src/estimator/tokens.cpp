@@ -55,7 +55,25 @@ void ModelLearner::learn_prompt(std::string_view model, double chars, double tok
   learn_prompt(&shared_, chars, tokens);
 }
 
+namespace {
+size_t output_bucket(double tokens) {
+  size_t b = 0;
+  for (double bound = 2; b + 1 < kOutputBuckets && tokens >= bound; bound *= 2)
+    ++b;
+  return b;
+}
+}  // namespace
+
 void ModelLearner::learn_output(Entry* e, double tokens, bool capped) {
+  // The distribution (a censored length is recorded at its cap: a lower bound).
+  for (size_t b = 0; b < kOutputBuckets; ++b) {
+    e->hist_mass[b] *= kOutputHistDecay;
+    e->hist_tokens[b] *= kOutputHistDecay;
+  }
+  size_t b = output_bucket(tokens);
+  e->hist_mass[b] += 1;
+  e->hist_tokens[b] += tokens;
+  e->hist_total = e->hist_total * kOutputHistDecay + 1;
   // Censored: the natural length is at least <tokens>; news only if above the mean.
   if (capped && tokens <= e->output_mean_tokens) return;
   const double alpha = std::max(kOutputAlpha, 1.0 / (static_cast<double>(e->outputs) + 2));
@@ -74,8 +92,25 @@ uint32_t ModelLearner::prompt_tokens(const RequestFacts& f) const {
 
 uint32_t ModelLearner::output_tokens(const RequestFacts& f) const {
   double mean = find(f.model).output_mean_tokens;
-  if (f.max_tokens > 0) mean = std::min(mean, static_cast<double>(f.max_tokens));
+  if (f.max_tokens > 0) {
+    double cap = static_cast<double>(f.max_tokens);
+    double e = expected_output_tokens(f.model, cap);
+    mean = e >= 0 ? std::min(e, cap) : std::min(mean, cap);
+  }
   return saturate_u32(std::round(mean));
+}
+
+double ModelLearner::expected_output_tokens(std::string_view model, double cap) const {
+  const Entry& e = find(model);
+  if (e.hist_total < kOutputHistWarm) return -1;
+  double mass = 0;
+  double sum = 0;
+  for (size_t b = 0; b < kOutputBuckets; ++b) {
+    if (e.hist_mass[b] <= 0) continue;
+    mass += e.hist_mass[b];
+    sum += e.hist_mass[b] * std::min(e.hist_tokens[b] / e.hist_mass[b], cap);
+  }
+  return mass > 0 ? sum / mass : -1;
 }
 
 void ModelLearner::observe_usage(std::string_view model, uint64_t prompt_chars, uint32_t messages,

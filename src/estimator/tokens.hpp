@@ -35,12 +35,25 @@
 // observation (its natural length is at least the cap): it moves the mean up
 // to the cap when the cap is above the mean, and says nothing otherwise.
 //
-//   output_tokens(f) = max_tokens > 0 ? min(max_tokens, mean) : mean,  at least 1
+// The distribution, too: a decayed histogram of the observed lengths in
+// power-of-two buckets (1, 2-3, 4-7, ... ; kOutputBuckets of them), each with
+// its decayed mass and token sum (so its mean), decay kOutputHistDecay per
+// observation (memory ~100). A censored observation is recorded at its cap (a
+// lower bound: it under-counts lengths for larger caps, never for smaller).
+// When max_tokens is only a cap, what the request will generate is
+// E[min(X, cap)], not min(cap, E[X]): a model whose answers are 10 or 1,000
+// tokens, asked with max_tokens 100, generates 55 on average, not 100.
+//
+//   output_tokens(f) = mean                                   no max_tokens
+//                    = sum_b m_b * min(mean_b, cap) / sum_b m_b  with a cap, once
+//                                      sum_b m_b >= kOutputHistWarm
+//                    = min(cap, mean)                          with a cap, before
+//   at least 1, at most the cap.
 //
 // Why not EWMA(completion / max_tokens) * max_tokens: clients of one model mix
 // (a classifier with max_tokens 16 that always hits it, a chat UI with 4096
-// that stops at 300), and a shared ratio mispredicts both; min(cap, natural
-// mean) is right for both.
+// that stops at 300), and a shared ratio mispredicts both; the natural length
+// distribution cut at each request's cap is right for both.
 #pragma once
 
 #include <array>
@@ -67,6 +80,9 @@ inline constexpr uint32_t kMessageOverheadTokens = 4;  // chat template, per mes
 
 inline constexpr double kDefaultOutputTokens = 256;
 inline constexpr double kOutputAlpha = 0.05;  // EWMA weight once warm (memory ~20)
+inline constexpr size_t kOutputBuckets = 18;  // [2^k, 2^(k+1)); the last is open
+inline constexpr double kOutputHistDecay = 0.99;
+inline constexpr double kOutputHistWarm = 8;  // mass before the histogram is used
 
 static_assert(kCharsPerTokenMin <= kDefaultCharsPerToken &&
               kDefaultCharsPerToken <= kCharsPerTokenMax);
@@ -108,6 +124,9 @@ class ModelLearner {
   // The current estimates for <model> (the shared entry's when it has none).
   double chars_per_token(std::string_view model) const;
   double output_mean_tokens(std::string_view model) const;
+  // E[min(X, cap)] over the learned distribution of <model>'s lengths X; -1
+  // before kOutputHistWarm observations.
+  double expected_output_tokens(std::string_view model, double cap) const;
 
   // Models with an entry of their own (<= kModelsMax).
   size_t models() const { return used_; }
@@ -119,6 +138,9 @@ class ModelLearner {
     double chars_per_token = kDefaultCharsPerToken;
     double output_mean_tokens = kDefaultOutputTokens;
     uint32_t outputs = 0;  // observations taken into the mean (saturating)
+    std::array<double, kOutputBuckets> hist_mass{};    // decayed observations per bucket
+    std::array<double, kOutputBuckets> hist_tokens{};  // ... and their decayed token sum
+    double hist_total = 0;                             // sum of hist_mass
     uint32_t name_bytes = 0;
     std::array<char, kModelNameBytesMax> name{};
   };

@@ -921,6 +921,28 @@ TEST_CASE("output tokens: natural mean, capped by max_tokens, censoring", "[esti
   CHECK(fresh.output_mean_tokens("y") == Approx(153));  // shared: 256 + (50 - 256) / 2
 }
 
+TEST_CASE("output tokens under a cap: E[min(X, cap)] of the learned distribution",
+          "[estimator][tokens]") {
+  ModelLearner l;
+  // Answers are 10 or 1,000 tokens, in equal numbers (max_tokens absent).
+  for (int i = 0; i < 100; ++i)
+    l.observe_finished("m", i % 2 ? 1000 : 10, -1);
+  // No cap: the mean (~505).
+  CHECK(l.output_tokens(facts("m", 10)) == Approx(505).margin(30));
+  // Cap 100: half stop at 10, half are cut at 100: 0.5 * 10 + 0.5 * 100 = 55,
+  // where min(cap, mean) would say 100.
+  CHECK(l.expected_output_tokens("m", 100) == Approx(55).margin(3));
+  CHECK(l.output_tokens(facts("m", 10, 0, 100)) == Approx(55).margin(3));
+  // A cap above every length: the mean again; a cap of 5: 5.
+  CHECK(l.output_tokens(facts("m", 10, 0, 4096)) == Approx(505).margin(30));
+  CHECK(l.output_tokens(facts("m", 10, 0, 5)) == 5);
+  // Before kOutputHistWarm observations, min(cap, mean).
+  ModelLearner cold;
+  cold.observe_finished("c", 10, -1);
+  CHECK(cold.expected_output_tokens("c", 100) < 0);
+  CHECK(cold.output_tokens(facts("c", 10, 0, 100)) == 100);  // mean 133 (with the prior)
+}
+
 // ---------------------------------------------------------------------------
 // Calibration
 
