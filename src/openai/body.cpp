@@ -80,58 +80,51 @@ error_code read_bool(od::value& v, bool* out) {
   return v.get_bool().get(*out);
 }
 
-// A token count: non-negative integer (integral floats accepted, as pydantic
-// does; above INT64_MAX clamps); anything else is -1.
-error_code read_count(od::value& v, int64_t* out) {
+// An integral JSON number: integers, and floats with an exact integral value
+// (pydantic accepts 100.0 for an int); above INT64_MAX clamps. *ok = false for
+// anything else (other types, fractions, out of range).
+error_code read_integer(od::value& v, int64_t* out, bool* ok) {
+  *ok = false;
   od::json_type t;
   TR_JSON_TRY(type_of(v, &t));
-  *out = -1;
   if (t != od::json_type::number) return SUCCESS;
   od::number n;
   TR_JSON_TRY(v.get_number().get(n));
+  constexpr double kExactMax = 9007199254740992.0;  // 2^53
   switch (n.get_number_type()) {
     case od::number_type::signed_integer:
-      if (n.get_int64() >= 0) *out = n.get_int64();
+      *out = n.get_int64();
+      *ok = true;
       break;
     case od::number_type::unsigned_integer:
       *out = std::numeric_limits<int64_t>::max();
+      *ok = true;
       break;
     case od::number_type::floating_point_number: {
       double d = n.get_double();
-      constexpr double kExactMax = 9007199254740992.0;  // 2^53
-      if (d >= 0 && d <= kExactMax && d == std::floor(d)) *out = static_cast<int64_t>(d);
+      if (std::fabs(d) <= kExactMax && d == std::floor(d)) {
+        *out = static_cast<int64_t>(d);
+        *ok = true;
+      }
       break;
     }
   }
   return SUCCESS;
 }
 
-// "priority": an integer, as vLLM takes it (int; integral floats accepted);
-// anything else is absent.
+// A token count: a non-negative integer; anything else is -1.
+error_code read_count(od::value& v, int64_t* out) {
+  bool ok = false;
+  TR_JSON_TRY(read_integer(v, out, &ok));
+  if (!ok || *out < 0) *out = -1;
+  return SUCCESS;
+}
+
+// "priority": an integer, as vLLM takes it; anything else is absent.
 error_code read_priority(od::value& v, Acc* acc) {
-  acc->has_priority = false;
   acc->priority = 0;
-  od::json_type t;
-  TR_JSON_TRY(type_of(v, &t));
-  if (t != od::json_type::number) return SUCCESS;
-  od::number n;
-  TR_JSON_TRY(v.get_number().get(n));
-  switch (n.get_number_type()) {
-    case od::number_type::signed_integer:
-      acc->priority = n.get_int64();
-      acc->has_priority = true;
-      break;
-    case od::number_type::floating_point_number: {
-      double d = n.get_double();
-      if (d == std::floor(d) && std::fabs(d) <= 9007199254740992.0) {
-        acc->priority = static_cast<int64_t>(d);
-        acc->has_priority = true;
-      }
-      break;
-    }
-    default:
-      break;
-  }
+  TR_JSON_TRY(read_integer(v, &acc->priority, &acc->has_priority));
+  if (!acc->has_priority) acc->priority = 0;
   return SUCCESS;
 }
 
