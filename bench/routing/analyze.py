@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """bench/routing/analyze.py OUTDIR [SCENARIO ...]: what tokenrelay believed during
-each run of a bench/routing/run.py output directory, next to the truth.
+each run of a bench/routing/run.py output directory, next to the truth. Runs are
+found anywhere under OUTDIR/run/<scenario>/ (run/<scenario>/<load>/<seed>/<target>).
 
 For every tokenrelay target: per replica, the step-time calibration it published
 in GET /status (median over the measured window; the simulator's real values
@@ -37,17 +38,18 @@ def prediction_error(path):
     return count, (total / count if count else None), buckets
 
 
-def truth(scen, i, speed):
+def truth(scen, i, settings):
     """The real step base (ms) and per-token cost (us) of replica i (run.py's
-    STEP: in the "slow" scenario r3 is slow)."""
+    STEP: in the "slow" scenario r3 is slow; homogeneous8 runs at SPEED8)."""
     base, per_tok = (16, 80) if scen == "slow" and i == 3 else (8, 40)
+    speed = settings.get("speed8", settings["speed"]) if scen == "homogeneous8" \
+        else settings["speed"]
     return base / speed, per_tok / speed
 
 
 def analyze(out, scenarios):
     with open(os.path.join(out, "header.json")) as f:
         header = json.load(f)
-    speed = header["settings"]["speed"]
     warm, dur = header["settings"]["warmup"], header["settings"]["duration"]
     lines = []
     base = os.path.join(out, "run")
@@ -55,10 +57,10 @@ def analyze(out, scenarios):
         d0 = os.path.join(base, scen)
         if not os.path.isdir(d0):
             continue
-        for tgt in sorted(os.listdir(d0)):
-            d = os.path.join(d0, tgt)
+        for d, _, files in sorted(os.walk(d0)):
+            tgt = os.path.relpath(d, d0)
             mon = os.path.join(d, "monitor.jsonl")
-            if not os.path.exists(os.path.join(d, "tokenrelay.ini")) or not os.path.exists(mon):
+            if "tokenrelay.ini" not in files or "monitor.jsonl" not in files:
                 continue
             with open(mon) as f:
                 samples = [json.loads(x) for x in f]
@@ -76,7 +78,7 @@ def analyze(out, scenarios):
                 b_max = max(r["calibration"]["step_base_s"] * 1e3 for r in rs)
                 p_min = min(r["calibration"]["step_per_token_s"] * 1e6 for r in rs)
                 p_max = max(r["calibration"]["step_per_token_s"] * 1e6 for r in rs)
-                tb, tp = truth(scen, i, speed)
+                tb, tp = truth(scen, i, header["settings"])
                 runn = [s["sims"][i]["running"] for s in win if s["sims"][i]]
                 wait = [s["sims"][i]["waiting"] for s in win if s["sims"][i]]
                 pq = median([r["load"]["prefill_tokens_queued"] for r in rs])

@@ -1,48 +1,90 @@
 #!/usr/bin/env python3
-"""bench/routing/run.py: the routing benchmark. Every tokenrelay policy and nginx
-(least_conn, round robin) in front of the same four vllm-sim replicas, under the
-same seeded open-loop workload (loadgen.py), in one run.
+"""bench/routing/run.py: the routing benchmark of natural workloads (issue 8).
+tokenrelay's `latency` policy and nginx least_conn (and, on request, the other
+policies and nginx round robin) in front of the same fresh vllm-sim replicas,
+under the same seeded open-loop workload (loadgen.py), in one run.
 
-    bench/routing/run.py                      # everything: ~55 min with the defaults
-    SCENARIOS=slow TARGETS="latency nginx_least_conn" DURATION=30 bench/routing/run.py
-    bench/routing/run.py --report OUTDIR      # tables and plot again from a finished run
+The full held-out run (what bench/RESULTS.md reports; ~6 h on the 2-core machine:
+90 measurements of ~3.5-4 min each, most of it the drain of the longest natural
+outputs, plus one capacity check per replica kind):
 
-Per scenario and target: fresh replicas (4 vllm-sim, deterministic flags, pinned to
-SIM_CPU), the target pinned to PROXY_CPU (1 worker), a readiness check, then
-loadgen.py (pinned to SIM_CPU) for WARMUP + DURATION seconds of arrivals plus the
-drain, while a monitor thread samples every replica's /metrics (and tokenrelay's
+    ninja -C build-bench tokenrelay tools/vllm-sim/vllm-sim
+    SEEDS="11 12 13" LOADS="0.5 0.75 0.9" bench/routing/run.py
+    bench/routing/run.py --report bench/routing/out/latest   # tables and goals again
+
+Tuning uses seeds 1-10 only (SEEDS="1 2 3", ...); seeds 11-20 are held out and
+are the only ones reported. A smoke test: DURATION=15 WARMUP=5 DRAIN_MAX=40
+SEEDS=11 LOADS=0.75 CAL_SECONDS=0 SCENARIOS=slow bench/routing/run.py (~2 min).
+
+Scenarios (every replica: --max-model-len 16384 --max-num-batched-tokens 2048
+--max-num-seqs 256 --tokenizer mixed --output-len-mean 300 --output-len-sigma 0.9
+--default-max-tokens 16384 --seed SEED --speed 0.5; normal: --step-base-ms 8
+--step-per-token-us 40, slow: 16 and 80; --kv-blocks 32768 unless said):
+  homogeneous   4 normal replicas
+  homogeneous8  8 normal replicas at --speed SPEED8 (0.25): half as fast each, so
+                the cluster's token rate (and loadgen's work) is that of 4; one
+                core cannot host 8 replicas, a proxy and loadgen at 0.5
+  slow          3 normal + 1 slow
+  kvpressure    4 normal replicas, KV_LONG_FRAC (10%) long documents and
+                --kv-blocks from kv_blocks_fit(): the mean KV held at 75% load is
+                KV_FIT (90%) of the pool, so long contexts do not all fit;
+                preemptions = vllm:num_preemptions_total deltas of the replicas
+  multimodel    r0, r1: --model sim-a --lora-modules sim-a-lora=/adapters/sim-a-lora;
+                r2, r3: --model sim-b; requests name sim-a 35%, sim-a-lora 15%,
+                sim-b 50% (each pool gets half the work) and 1% an unknown model;
+                tokenrelay discovers the pools from /v1/models; nginx has no model
+                awareness, so it sends about half the requests to a replica that
+                answers 404 (counted)
+  bursts, uniform  the earlier scenarios, still available
+Workload (loadgen.py): Poisson arrivals; prompts of English prose 60%, source code
+25%, CJK 15% (about 4.2 / 2.7 / 1.5 characters per token under the mixed
+tokenizer), log-normal lengths (median 215 tokens) plus LONG_FRAC (5%) documents
+of 5k-15k tokens; natural outputs (the replica ends each at its prompt's
+log-normal length, mean 300 tokens, sigma 0.9: median ~200, a chat/ShareGPT-like
+spread), max_tokens 1024 on half the requests and absent on the other half; 30%
+non-streaming requests, the rest streamed with include_usage.
+
+Per seed, scenario, load and target: fresh replicas (deterministic flags, pinned
+to SIM_CPU), the target pinned to PROXY_CPU (1 worker), a readiness check (for
+tokenrelay: every replica scraped and every model's pool known), then loadgen.py
+(pinned to SIM_CPU) for WARMUP + DURATION seconds of arrivals plus the drain,
+while a monitor thread samples every replica's /metrics (and tokenrelay's
 /status); then everything is stopped. Before each measured run the script waits
-while wrk, bench/run.sh or another routing benchmark runs (2 cores cannot host
-two benchmarks).
+while wrk, bench/run.sh or another routing benchmark runs.
 
-Load. The capacity of one replica (requests/s of a workload mix) comes from the
-simulator's step model (model_capacity(): requests/s at a full batch of
-max_num_seqs), for a normal and a slow replica and each mix used; arrival rate =
-LOAD x the sum of the replicas' capacities. Each capacity is then checked by
-measurement: one replica alone at LOAD x its capacity for CAL_SECONDS, whose mean
-batch and step time (after CAL_SKIP s) must match what the model predicts for that
-load, with no queue building. (Measuring capacity by overload does not work here:
-a 256-request batch takes ~25 s to fill and several ~25 s request lifetimes to
-mix.) CAPACITY_FILE=path reuses an earlier calibration.json.
+Load. The capacity of one replica (requests/s of the scenario's mix) comes from
+the simulator's step model (model_capacity(): requests/s at a full batch of
+max_num_seqs) with the workload's means (tuning seed CAL_SEED, so every seed
+gets the same rates); arrival rate = load x the sum of the replicas' capacities.
+With CAL_SECONDS > 0 each capacity is checked by measurement: one replica alone
+at CAL_LOAD x its capacity, whose mean batch and step time after CAL_SKIP s must
+match the model. CAPACITY_FILE=path reuses an earlier calibration.json.
 
 Environment (defaults in brackets):
   DURATION [60] measured window, s     WARMUP [10] unmeasured lead-in, s
-  DRAIN_MAX [120] s    LOAD [0.75]     SEED [1]     LONG_FRAC [0.05]
-  SPEED [0.5] vllm-sim --speed (step 8 ms + 40 us/token before it: 16 ms real base)
-  SCENARIOS ["homogeneous slow bursts uniform"]
-  TARGETS ["latency least_requests power_of_two kv_aware round_robin nginx_least_conn nginx_rr"]
-    (a tokenrelay target may carry extra config keys, for diagnostics:
+  DRAIN_MAX [240] s (natural outputs without max_tokens can run to thousands of tokens)
+  LOADS ["0.5 0.75 0.9"]   SEEDS ["11 12 13"] (held out; tune on 1-10)
+  LONG_FRAC [0.05]  KV_LONG_FRAC [0.10]  KV_FIT [0.9]  OUTPUT_MEAN [300]  OUTPUT_SIGMA [0.9]
+  SPEED [0.5] vllm-sim --speed   SPEED8 [SPEED/2] for homogeneous8
+  SCENARIOS ["homogeneous homogeneous8 slow kvpressure multimodel"] (also: bursts uniform)
+  TARGETS ["latency nginx_least_conn"]
+    (also least_requests power_of_two kv_aware round_robin nginx_rr; a tokenrelay
+     target may carry extra config keys, for diagnostics:
      latency+poller.interval_ms=1000+routing.ttft_weight=2)
-  PROXY_CPU [0]  SIM_CPU [1]   CAL_SECONDS [60]  CAL_SKIP [15]  CAPACITY_FILE []
-  NICE [0] nice value of every process started (< 0 needs root; it keeps other
-    people's compiles on these 2 CPUs from stretching the simulated steps)
+  BUILD [build-bench] where tokenrelay and tools/vllm-sim/vllm-sim are (copied at start)
+  PROXY_CPU [0]  SIM_CPU [1]   CAL_SECONDS [60] (0: step model only)  CAL_SKIP [15]
+  CAL_SEED [1]  CAL_LOAD [0.75]  CAPACITY_FILE []
+  NICE [0] nice value of every process started (< 0 needs root)
   RETRIES [3]  LAG_MAX_MS [200]: a run during which another benchmark ran, or whose
     load generator lagged more than LAG_MAX_MS at p99, is measured again
   WAIT_MAX [1200] s to wait for another benchmark   OUT [bench/routing/out/YYYYmmdd-HHMMSS]
+Output: OUT/run/<scenario>/<load>/<seed>/<target>/ (summary.json, requests.jsonl.gz,
+monitor.jsonl, logs), OUT/report.md (report.py: medians, spreads, ratios, goals).
 """
 
 import gzip
 import json
+import math
 import os
 import re
 import shutil
@@ -68,14 +110,22 @@ def env(name, default, conv=str):
 
 DURATION = env("DURATION", 60.0, float)
 WARMUP = env("WARMUP", 10.0, float)
-DRAIN_MAX = env("DRAIN_MAX", 120.0, float)
-LOAD = env("LOAD", 0.75, float)
-SEED = env("SEED", 1, int)
+DRAIN_MAX = env("DRAIN_MAX", 240.0, float)
+LOADS = [float(x) for x in env("LOADS", "0.5 0.75 0.9").replace(",", " ").split()]
+SEEDS = [int(x) for x in env("SEEDS", "11 12 13").replace(",", " ").split()]
+CAL_SEED = env("CAL_SEED", 1, int)
+CAL_LOAD = env("CAL_LOAD", 0.75, float)
 LONG_FRAC = env("LONG_FRAC", 0.05, float)
+KV_LONG_FRAC = env("KV_LONG_FRAC", 0.10, float)
+KV_FIT = env("KV_FIT", 0.9, float)
 SPEED = env("SPEED", 0.5, float)
-SCENARIOS = env("SCENARIOS", "homogeneous slow bursts uniform").split()
-TARGETS = env("TARGETS", "latency least_requests power_of_two kv_aware round_robin "
-                         "nginx_least_conn nginx_rr").split()
+SPEED8 = env("SPEED8", SPEED / 2, float)
+OUTPUT_MEAN = env("OUTPUT_MEAN", 300, int)
+OUTPUT_SIGMA = env("OUTPUT_SIGMA", 0.9, float)
+SCENARIOS = env("SCENARIOS", "homogeneous homogeneous8 slow kvpressure multimodel").split()
+TARGETS = env("TARGETS", "latency nginx_least_conn").split()
+# The workload point being measured (main() sets them per run).
+CUR = {"seed": SEEDS[0], "load": LOADS[0]}
 PROXY_CPU = env("PROXY_CPU", 0, int)
 SIM_CPU = env("SIM_CPU", 1, int)
 CAL_SECONDS = env("CAL_SECONDS", 60.0, float)
@@ -85,7 +135,7 @@ NICE = env("NICE", 0, int)
 RETRIES = env("RETRIES", 3, int)
 LAG_MAX_MS = env("LAG_MAX_MS", 200, int)
 WAIT_MAX = env("WAIT_MAX", 1200.0, float)
-BUILD = env("BUILD", os.path.join(ROOT, "build"))
+BUILD = env("BUILD", os.path.join(ROOT, "build-bench"))
 OUT = os.path.abspath(env("OUT", os.path.join(HERE, "out", time.strftime("%Y%m%d-%H%M%S"))))  # nginx needs absolute paths
 
 POLICIES = ("latency", "least_requests", "power_of_two", "kv_aware", "round_robin")
@@ -97,18 +147,52 @@ NGINX = {"nginx_least_conn": "least_conn;", "nginx_rr": ""}
 # 20 ns per context token) divided by SPEED. "slow" doubles base and per-token.
 SIM_MAX_SEQS = 256
 SIM_PER_CTX_NS = 20  # vllm-sim's default --step-per-ctx-ns (not changed)
-SIM_COMMON = ["--max-model-len", "16384", "--max-num-batched-tokens", "2048",
-              "--max-num-seqs", "256", "--kv-blocks", "32768"]
+SIM_BLOCK = 16       # vllm-sim's default --block-size (not changed)
+SIM_KV_BLOCKS = 32768
+SIM_CONTEXT = 16384
+# Natural outputs: the replica ends each request at its prompt's log-normal
+# length (mean OUTPUT_MEAN, sigma OUTPUT_SIGMA: median ~200, p99 ~2k tokens, a
+# chat/ShareGPT-like spread); a request without max_tokens may run to the end of
+# the context, as vLLM allows (--default-max-tokens >= the context). The mixed
+# tokenizer makes characters per token depend on the text.
+SIM_COMMON = ["--max-model-len", str(SIM_CONTEXT), "--max-num-batched-tokens", "2048",
+              "--max-num-seqs", str(SIM_MAX_SEQS), "--tokenizer", "mixed",
+              "--output-len-mean", str(OUTPUT_MEAN), "--output-len-sigma", str(OUTPUT_SIGMA),
+              "--default-max-tokens", str(SIM_CONTEXT)]
 CREATED_BASE = 1700000000  # replica i answers with "created": CREATED_BASE + i
 STEP = {"normal": ("8", "40"), "slow": ("16", "80")}
 
-# Scenario: replica kinds, arrival mode, long-prompt fraction.
+# The multi-model fleet: r0, r1 serve sim-a and its adapter sim-a-lora, r2, r3
+# serve sim-b; requests name the three (half the work per pool) and 1% name a
+# model nobody serves.
+MM_A = ["--model", "sim-a", "--lora-modules", "sim-a-lora=/adapters/sim-a-lora"]
+MM_B = ["--model", "sim-b"]
+MM_SERVED = {"sim-a": "sim-a", "sim-a-lora": "sim-a", "sim-b": "sim-b"}
+MM_WORKLOAD = ["--models", "sim-a:0.35,sim-a-lora:0.15,sim-b:0.5", "--unknown-frac", "0.01"]
+
+# Scenario: replica kinds, per-replica extra sim flags (and the names each
+# serves), arrival mode, long-prompt fraction, simulator speed, extra loadgen
+# flags, KV blocks per replica (None: SIM_KV_BLOCKS; "fit": sized by kv_blocks_fit()).
 SCENARIO_DEFS = {
-    "homogeneous": {"replicas": ["normal"] * 4, "mode": "poisson", "long_frac": LONG_FRAC},
-    "slow": {"replicas": ["normal"] * 3 + ["slow"], "mode": "poisson", "long_frac": LONG_FRAC},
-    "bursts": {"replicas": ["normal"] * 4, "mode": "bursts", "long_frac": LONG_FRAC},
-    "uniform": {"replicas": ["normal"] * 4, "mode": "poisson", "long_frac": 0.0},
+    "homogeneous": {"replicas": ["normal"] * 4, "long_frac": LONG_FRAC},
+    "homogeneous8": {"replicas": ["normal"] * 8, "long_frac": LONG_FRAC, "speed": SPEED8},
+    "slow": {"replicas": ["normal"] * 3 + ["slow"], "long_frac": LONG_FRAC},
+    "kvpressure": {"replicas": ["normal"] * 4, "long_frac": KV_LONG_FRAC, "kv_blocks": "fit"},
+    "multimodel": {"replicas": ["normal"] * 4, "long_frac": LONG_FRAC,
+                   "sim_extra": [MM_A, MM_A, MM_B, MM_B],
+                   "served": [["sim-a", "sim-a-lora"]] * 2 + [["sim-b"]] * 2,
+                   "workload": MM_WORKLOAD},
+    # The earlier scenarios, still available.
+    "bursts": {"replicas": ["normal"] * 4, "long_frac": LONG_FRAC, "mode": "bursts"},
+    "uniform": {"replicas": ["normal"] * 4, "long_frac": 0.0},
 }
+for _sd in SCENARIO_DEFS.values():
+    _sd.setdefault("mode", "poisson")
+    _sd.setdefault("speed", SPEED)
+    _sd.setdefault("workload", [])
+    _sd.setdefault("kv_blocks", None)
+    _sd.setdefault("sim_extra", [[] for _ in _sd["replicas"]])
+    _sd.setdefault("served", [["sim-model"] for _ in _sd["replicas"]])
 
 
 def log(msg):
@@ -215,9 +299,31 @@ def loadavg():
         return " ".join(f.read().split()[:3])
 
 
+def _parent(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _ancestors():
+    """This process's ancestors (a wrapper such as `timeout run.py` matches the
+    pattern other_benchmark() looks for, but is not another benchmark)."""
+    out, pid = set(), os.getpid()
+    for _ in range(64):
+        try:
+            pid = _parent(pid)
+        except (OSError, ValueError, IndexError):
+            break
+        if pid <= 1:
+            break
+        out.add(pid)
+    return out
+
+
 def _ours(pid):
-    """True when <pid> is this process or one of its descendants."""
+    """True when <pid> is this process, one of its descendants or ancestors."""
     me = os.getpid()
+    if pid in _ancestors():
+        return True
     for _ in range(64):
         if pid == me:
             return True
@@ -267,18 +373,27 @@ def wait_quiet():
 
 # ---- replicas and targets ----------------------------------------------------------
 
+def sim_flags(sd, i, kv_blocks):
+    """vllm-sim flags of replica i of scenario <sd> (no host, port, created)."""
+    base, per_tok = STEP[sd["replicas"][i]]
+    # One --seed for every replica (the benchmark seed): a prompt's natural
+    # output length then does not depend on where it is routed.
+    return (["--seed", str(CUR["seed"]), "--speed", str(sd["speed"]), "--step-base-ms", base,
+             "--step-per-token-us", per_tok, "--kv-blocks", str(kv_blocks)] + SIM_COMMON +
+            [str(x) for x in sd["sim_extra"][i]])
+
+
 class Sims:
-    def __init__(self, kinds, d, binary):
-        self.kinds = kinds
-        self.procs, self.ports = [], []
-        for i, kind in enumerate(kinds):
-            base, per_tok = STEP[kind]
-            # --created differs per replica: loadgen reads the first event's
+    def __init__(self, sd, d, binary, kv_blocks):
+        self.kinds = sd["replicas"]
+        self.procs, self.ports, self.flags = [], [], []
+        for i, kind in enumerate(self.kinds):
+            # --created differs per replica: loadgen reads the answer's
             # "created" to learn which replica served a request.
-            cmd = [binary, "--host", "127.0.0.1", "--port", "0", "--seed", i + 1,
-                   "--created", CREATED_BASE + i,
-                   "--speed", SPEED, "--step-base-ms", base, "--step-per-token-us", per_tok]
-            cmd += SIM_COMMON
+            flags = sim_flags(sd, i, kv_blocks)
+            self.flags.append(" ".join(flags))
+            cmd = [binary, "--host", "127.0.0.1", "--port", "0",
+                   "--created", CREATED_BASE + i] + flags
             path = os.path.join(d, "sim%d.log" % i)
             p = start(cmd, path, SIM_CPU)
             m = wait_log(path, r"vllm-sim listening on \S+:(\d+)", p)
@@ -374,7 +489,7 @@ http {{
 class Target:
     """A running proxy: .port, .pids() (for CPU time), .admin_port (tokenrelay)."""
 
-    def __init__(self, name, ports, d, binary):
+    def __init__(self, name, ports, d, binary, served=None):
         self.name = name
         self.admin_port = None
         if split_target(name)[0] in POLICIES:
@@ -385,17 +500,22 @@ class Target:
             self.proc = start([binary, "--config", cfg], path, PROXY_CPU)
             m = wait_log(path, r"listening on \S+:(\d+) .* admin on [^ ,]+:(\d+)", self.proc)
             self.port, self.admin_port = int(m.group(1)), int(m.group(2))
-            # Ready when every replica has been scraped.
-            deadline = time.monotonic() + 10
+            # Ready when every replica has been scraped and, with several
+            # models, every served name has its pool (discovered from /v1/models).
+            names = sorted({m for ms in served or [] for m in ms})
+            deadline = time.monotonic() + 15
             while True:
                 try:
                     st = json.loads(http_get(self.admin_port, "/status")[1])
-                    if all(r["up"] and r["scrape"]["scrapes_ok"] > 0 for r in st["replicas"]):
+                    pools = {m["id"]: len(m["replicas"]) for m in st.get("models", [])}
+                    if (all(r["up"] and r["scrape"]["scrapes_ok"] > 0 for r in st["replicas"]) and
+                            (len(names) <= 1 or all(pools.get(n) for n in names))):
                         break
-                except OSError:
+                except (OSError, ValueError, KeyError):
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError("tokenrelay: replicas not scraped in 10 s")
+                    raise RuntimeError("tokenrelay: replicas not scraped (or models not "
+                                       "discovered) in 15 s")
                 time.sleep(0.05)
         elif name in NGINX:
             os.makedirs(os.path.join(d, "tmp"), exist_ok=True)
@@ -506,6 +626,15 @@ class Monitor(threading.Thread):
         self.join()
 
 
+def preemptions(samples, t_from):
+    """Preemptions at the replicas from the first sample at or after <t_from>
+    (the measured window's start) to the last one (the end of the drain)."""
+    win = [s for s in samples if s["t"] >= t_from and all(x for x in s["sims"])]
+    if len(win) < 2:
+        return None
+    return sum(b["preempt"] - a["preempt"] for a, b in zip(win[0]["sims"], win[-1]["sims"]))
+
+
 def replica_summary(samples, t_from, t_to):
     """Per replica: mean running and waiting, max waiting, preemptions, tokens,
     over the samples in [t_from, t_to]."""
@@ -527,9 +656,16 @@ def replica_summary(samples, t_from, t_to):
 
 # ---- load generator ------------------------------------------------------------------
 
-def run_loadgen(port, rate, mode, long_frac, d, warmup, duration, drain_max):
+def loadgen_shape(sd):
+    """The loadgen flags that shape scenario <sd>'s workload (not rate or seed)."""
+    return ["--mode", sd["mode"], "--long-frac", str(sd["long_frac"]),
+            "--output-mean", str(OUTPUT_MEAN), "--output-sigma", str(OUTPUT_SIGMA),
+            "--context", str(SIM_CONTEXT)] + list(sd["workload"])
+
+
+def run_loadgen(port, rate, sd, d, warmup, duration, drain_max, seed):
     args = [sys.executable, os.path.join(HERE, "loadgen.py"), "--port", port, "--rate",
-            "%.4f" % rate, "--mode", mode, "--long-frac", long_frac, "--seed", SEED,
+            "%.4f" % rate, "--seed", seed] + loadgen_shape(sd) + [
             "--warmup", warmup, "--duration", duration, "--drain-max", drain_max,
             "--out", os.path.join(d, "requests.jsonl"), "--summary", os.path.join(d, "summary.json")]
     p = start(args, os.path.join(d, "loadgen.log"), SIM_CPU)
@@ -549,19 +685,20 @@ def run_loadgen(port, rate, mode, long_frac, d, warmup, duration, drain_max):
 
 # ---- capacity -----------------------------------------------------------------------------
 
-def workload_means(long_frac):
-    a = loadgen.parse_args(["--port", "1", "--rate", "1", "--long-frac", str(long_frac),
-                            "--seed", str(SEED)])
+def workload_means(sd):
+    """The workload's length means (tuning seed CAL_SEED: the same rates for every seed)."""
+    a = loadgen.parse_args(["--port", "1", "--rate", "1", "--seed", str(CAL_SEED)] +
+                           loadgen_shape(sd))
     return loadgen.describe(a, 100000)
 
 
-def step_params(kind):
+def step_params(kind, speed=SPEED):
     """(base s, per-token s, per-context-token s) of a <kind> replica, in real time."""
     base_ms, per_tok_us = (float(v) for v in STEP[kind])
-    return base_ms / 1e3 / SPEED, per_tok_us / 1e6 / SPEED, SIM_PER_CTX_NS / 1e9 / SPEED
+    return base_ms / 1e3 / speed, per_tok_us / 1e6 / speed, SIM_PER_CTX_NS / 1e9 / speed
 
 
-def model_capacity(kind, means):
+def model_capacity(kind, means, speed=SPEED):
     """Requests/s of one replica at a full batch (S = max_num_seqs) from the
     simulator's step model, step = base + per_token * tokens + per_ctx * context.
     Per second, with k steps and arrival rate r:
@@ -569,37 +706,62 @@ def model_capacity(kind, means):
     (every prompt token and every output token but the first is one token of some
     step; a request is in O steps with a mean context of P + O/2), and the batch is
     D = r * O / k <= S. Capacity is r at D = S, k = r * O / S."""
-    base, per_tok, per_ctx = step_params(kind)
+    base, per_tok, per_ctx = step_params(kind, speed)
     p, o = means["prompt_mean"], means["output_mean"]
     return 1.0 / (o * base / SIM_MAX_SEQS + per_tok * (p + o - 1) + per_ctx * means["ctx_steps_mean"])
 
 
-def model_operating_point(kind, means, rate):
+def model_operating_point(kind, means, rate, speed=SPEED):
     """(steps/s, mean batch) the model predicts at <rate> req/s (no queue)."""
-    base, per_tok, per_ctx = step_params(kind)
+    base, per_tok, per_ctx = step_params(kind, speed)
     p, o = means["prompt_mean"], means["output_mean"]
     busy = rate * (per_tok * (p + o - 1) + per_ctx * means["ctx_steps_mean"])
     k = (1 - busy) / base
     return k, rate * o / k
 
 
-def calibrate(binary, kind, long_frac, d):
-    """Capacity (req/s) of one <kind> replica for the mix with <long_frac>, from
-    the step model; then checked: one replica alone at LOAD x capacity for
-    CAL_SECONDS, its mean batch, step time and queue over [CAL_SKIP, CAL_SECONDS]
-    compared with the model's prediction for that load."""
+def kv_blocks_fit(means, speed=SPEED):
+    """KV blocks per replica for the kvpressure scenario: the mean KV a normal
+    replica holds at CAL_LOAD (mean batch from the step model x the time-weighted
+    mean context E[O (P + O/2)] / E[O]) is KV_FIT of the pool; long documents then
+    do not all fit where they cluster. At least one full context."""
+    rate = CAL_LOAD * model_capacity("normal", means, speed)
+    _, batch = model_operating_point("normal", means, rate, speed)
+    demand = batch * means["ctx_steps_mean"] / means["output_mean"]
+    return max(SIM_CONTEXT // SIM_BLOCK, int(math.ceil(demand / KV_FIT / SIM_BLOCK)))
+
+
+def cal_key(kind, sd):
+    return "%s@%g@speed%g%s" % (kind, sd["long_frac"], sd["speed"],
+                                "@" + "+".join(sd["workload"]) if sd["workload"] else "")
+
+
+def calibrate(binary, kind, sd, d):
+    """Capacity (req/s) of one <kind> replica for scenario <sd>'s mix, from the
+    step model; then, with CAL_SECONDS > 0, checked: one replica alone (the
+    default flags) at CAL_LOAD x capacity for CAL_SECONDS, its mean batch, step
+    time and queue over [CAL_SKIP, CAL_SECONDS] compared with the model's
+    prediction for that load."""
     os.makedirs(d, exist_ok=True)
-    means = workload_means(long_frac)
-    cap = model_capacity(kind, means)
-    rate = LOAD * cap
-    k_pred, d_pred = model_operating_point(kind, means, rate)
+    means = workload_means(sd)
+    cap = model_capacity(kind, means, sd["speed"])
+    rate = CAL_LOAD * cap
+    k_pred, d_pred = model_operating_point(kind, means, rate, sd["speed"])
+    res = {"kind": kind, "long_frac": sd["long_frac"], "speed": sd["speed"],
+           "capacity_rps": cap, "check_rate_rps": rate, "predicted_batch": d_pred,
+           "predicted_step_ms": 1e3 / k_pred, "means": means}
+    if CAL_SECONDS <= 0:
+        log("capacity %s replica (%s): %.2f req/s (step model; not checked)" %
+            (kind, cal_key(kind, sd), cap))
+        return res
+    one = dict(sd, replicas=[kind], sim_extra=[[]], workload=[])
     wait_quiet()
-    sims = Sims([kind], d, binary)
+    sims = Sims(one, d, binary, SIM_KV_BLOCKS)
     mon = Monitor(os.path.join(d, "monitor.jsonl"), sims.ports, every=1.0)
     mon.start()
     try:
-        summ = run_loadgen(sims.ports[0], rate, "poisson", long_frac, d, CAL_SKIP,
-                           CAL_SECONDS - CAL_SKIP, 0)
+        summ = run_loadgen(sims.ports[0], rate, one, d, CAL_SKIP, CAL_SECONDS - CAL_SKIP, 0,
+                           CAL_SEED)
     finally:
         mon.stop()
         sims.stop()
@@ -609,17 +771,15 @@ def calibrate(binary, kind, long_frac, d):
     a, b = win[0]["sims"][0], win[-1]["sims"][0]
     itl_n = b["itl_count"] - a["itl_count"]
     step_ms = 1e3 * (b["itl_sum"] - a["itl_sum"]) / itl_n if itl_n > 0 else None
-    res = {"kind": kind, "long_frac": long_frac, "capacity_rps": cap, "check_rate_rps": rate,
-           "predicted_batch": d_pred, "predicted_step_ms": 1e3 / k_pred,
+    res.update({
            "measured_batch": sum(s["sims"][0]["running"] for s in win) / len(win),
            "measured_waiting": sum(s["sims"][0]["waiting"] for s in win) / len(win),
            "measured_waiting_max": max(s["sims"][0]["waiting"] for s in win),
            "measured_step_ms": step_ms, "preemptions": b["preempt"] - a["preempt"],
-           "short_ttft_p50_ms": summ["ttft_short"]["p50"], "window_s": [win[0]["t"], win[-1]["t"]],
-           "means": means}
-    log("capacity %s replica, long_frac %g: %.2f req/s (step model); check at %.2f req/s: "
+           "short_ttft_p50_ms": summ["ttft_short"]["p50"], "window_s": [win[0]["t"], win[-1]["t"]]})
+    log("capacity %s replica (%s): %.2f req/s (step model); check at %.2f req/s: "
         "batch %.0f (model %.0f), mean inter-token step %.1f ms (model %.1f), waiting %.1f "
-        "(max %.0f)" % (kind, long_frac, cap, rate, res["measured_batch"], d_pred,
+        "(max %.0f)" % (kind, cal_key(kind, sd), cap, rate, res["measured_batch"], d_pred,
                         step_ms or -1, 1e3 / k_pred, res["measured_waiting"],
                         res["measured_waiting_max"]))
     return res
@@ -627,13 +787,13 @@ def calibrate(binary, kind, long_frac, d):
 
 # ---- one measured run -------------------------------------------------------------------
 
-def measure(scen, target, rate, bins, d):
+def measure(scen, target, rate, bins, d, kv_blocks):
     """One scenario/target measurement, repeated (up to RETRIES more times) when
     it was disturbed: another benchmark ran during it, or the load generator
     lagged (p99 > LAG_MAX_MS: it did not get its CPU). A disturbed attempt is
     kept as <d>.disturbed-N for reference."""
     for attempt in range(RETRIES + 1):
-        summ = measure_once(scen, target, rate, bins, d)
+        summ = measure_once(scen, target, rate, bins, d, kv_blocks)
         r = summ["run"]
         why = []
         if r["intruders"]:
@@ -657,24 +817,23 @@ def measure(scen, target, rate, bins, d):
     return summ
 
 
-def measure_once(scen, target, rate, bins, d):
+def measure_once(scen, target, rate, bins, d, kv_blocks):
     sd = SCENARIO_DEFS[scen]
     os.makedirs(d, exist_ok=True)
     waited, contended = wait_quiet()
     la0 = loadavg()
-    sims = Sims(sd["replicas"], d, bins["vllm-sim"])
+    sims = Sims(sd, d, bins["vllm-sim"], kv_blocks)
     tgt = None
     mon = None
     try:
-        tgt = Target(target, sims.ports, d, bins["tokenrelay"])
+        tgt = Target(target, sims.ports, d, bins["tokenrelay"], sd["served"])
         mon = Monitor(os.path.join(d, "monitor.jsonl"), sims.ports, tgt.admin_port)
         p0 = cpu_ticks(tgt.pids())
         s0 = cpu_ticks([p.pid for p in sims.procs])
         b0 = cpus_busy([PROXY_CPU, SIM_CPU])
         t0 = time.monotonic()
         mon.start()
-        summ = run_loadgen(tgt.port, rate, sd["mode"], sd["long_frac"], d, WARMUP, DURATION,
-                           DRAIN_MAX)
+        summ = run_loadgen(tgt.port, rate, sd, d, WARMUP, DURATION, DRAIN_MAX, CUR["seed"])
         wall = time.monotonic() - t0
         p1 = cpu_ticks(tgt.pids())
         s1 = cpu_ticks([p.pid for p in sims.procs])
@@ -702,7 +861,10 @@ def measure_once(scen, target, rate, bins, d):
     sims_cpu = (s1 - s0) / hz
     other = max(0.0, (b1 - b0) / hz - proxy_cpu - sims_cpu - lg["cpu_s"]) / wall * 100
     summ["run"] = {
-        "scenario": scen, "target": target, "rate": rate, "wall_s": round(wall, 1),
+        "scenario": scen, "target": target, "load": CUR["load"], "seed": CUR["seed"],
+        "rate": rate, "wall_s": round(wall, 1), "kv_blocks": kv_blocks,
+        "sim_flags": sims.flags, "replica_models": sd["served"],
+        "preemptions": preemptions(mon.samples, WARMUP),
         "load_before": la0, "load_after": loadavg(), "waited_s": round(waited),
         "contended": contended, "target_alive": alive, "intruders": sorted(mon.intruders),
         "replica_kinds": sd["replicas"],
@@ -715,11 +877,14 @@ def measure_once(scen, target, rate, bins, d):
     with open(os.path.join(d, "summary.json"), "w") as f:
         json.dump(summ, f, indent=1)
     r = summ
-    log("%s/%s: %d/%d ok; short TTFT p50 %.0f p99 %.0f ms; long TTFT p99 %.0f ms; TPOT %.1f ms; "
-        "e2e mean %.0f ms; per replica %s; proxy CPU %.0f%%, loadgen %.0f%%, lag p99 %.1f ms; "
-        "load %s" % (scen, target, r["completed"], r["measured"],
-                     r["ttft_short"]["p50"] or -1, r["ttft_short"]["p99"] or -1,
+    log("%s/%g/seed %d/%s: %d/%d ok (errors %s); short TTFT p50 %.0f p99 %.0f ms; long TTFT "
+        "p99 %.0f ms; TPOT %.1f ms; e2e mean %.0f p99 %.0f ms, non-streaming p99 %.0f ms; "
+        "preemptions %s; per replica %s; proxy CPU %.0f%%, loadgen %.0f%%, lag p99 %.1f ms; "
+        "load %s" % (scen, CUR["load"], CUR["seed"], target, r["completed"], r["measured"],
+                     r["errors"], r["ttft_short"]["p50"] or -1, r["ttft_short"]["p99"] or -1,
                      r["ttft_long"]["p99"] or -1, r["tpot_mean"] or -1, r["e2e_mean"] or -1,
+                     r["e2e_p99"] or -1, r["e2e_nonstream"]["p99"] or -1,
+                     summ["run"]["preemptions"],
                      summ["run"]["requests_per_replica"], summ["run"]["proxy_cpu_pct"],
                      lg["cpu_pct"], r["lag_ms"]["p99"] or -1, summ["run"]["load_after"]))
     if not alive:
@@ -756,12 +921,12 @@ def main():
             return 2
     os.sched_setaffinity(0, {SIM_CPU})  # this driver and its monitor stay off the proxy CPU
     os.makedirs(os.path.join(OUT, "bin"), exist_ok=True)
-    # Snapshot the binaries: others may rebuild build/ while this runs.
+    # Snapshot the binaries: others may rebuild the build directory while this runs.
     bins = {}
-    for name in ("tokenrelay", "vllm-sim"):
-        src = os.path.join(BUILD, name)
+    for name, rel in (("tokenrelay", "tokenrelay"), ("vllm-sim", "tools/vllm-sim/vllm-sim")):
+        src = os.path.join(BUILD, rel)
         if not os.access(src, os.X_OK):
-            log("%s not found (ninja -C build)" % src)
+            log("%s not found (ninja -C %s tokenrelay tools/vllm-sim/vllm-sim)" % (src, BUILD))
             return 2
         dst = os.path.join(OUT, "bin", name)
         shutil.copy(os.path.realpath(src), dst)
@@ -780,57 +945,77 @@ def main():
                          text=True).stdout.strip()
     src_dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src"],
                                capture_output=True, text=True).stdout.strip()
+    # KV blocks of the kvpressure replicas, from the workload's means.
+    kv_fit = kv_blocks_fit(workload_means(SCENARIO_DEFS["kvpressure"]))
+    kv_of = {sc: (kv_fit if sd["kv_blocks"] == "fit" else SIM_KV_BLOCKS)
+             for sc, sd in SCENARIO_DEFS.items()}
     header = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
         "commit": git + (" (+uncommitted changes in src/)" if src_dirty else ""),
         "versions": "%s, %s, vllm-sim (tools/vllm-sim)" % (tr_v, nginx_v),
-        "command": "DURATION=%g WARMUP=%g DRAIN_MAX=%g LOAD=%g SEED=%d LONG_FRAC=%g SPEED=%g "
-                   "SCENARIOS=\"%s\" TARGETS=\"%s\" PROXY_CPU=%d SIM_CPU=%d NICE=%d bench/routing/run.py"
-                   % (DURATION, WARMUP, DRAIN_MAX, LOAD, SEED, LONG_FRAC, SPEED,
-                      " ".join(SCENARIOS), " ".join(TARGETS), PROXY_CPU, SIM_CPU, NICE),
-        "sim_flags": " ".join(SIM_COMMON + ["--speed", str(SPEED)]) +
-                     "; normal: --step-base-ms 8 --step-per-token-us 40; "
-                     "slow: --step-base-ms 16 --step-per-token-us 80",
-        "pinning": "proxy (tokenrelay 1 worker / nginx 1 worker) on CPU %d; 4 vllm-sim, "
+        "command": "DURATION=%g WARMUP=%g DRAIN_MAX=%g LOADS=\"%s\" SEEDS=\"%s\" LONG_FRAC=%g "
+                   "KV_LONG_FRAC=%g KV_FIT=%g SPEED=%g SPEED8=%g SCENARIOS=\"%s\" "
+                   "TARGETS=\"%s\" PROXY_CPU=%d SIM_CPU=%d NICE=%d CAL_SECONDS=%g "
+                   "bench/routing/run.py"
+                   % (DURATION, WARMUP, DRAIN_MAX, " ".join("%g" % x for x in LOADS),
+                      " ".join(str(x) for x in SEEDS), LONG_FRAC, KV_LONG_FRAC, KV_FIT, SPEED,
+                      SPEED8, " ".join(SCENARIOS), " ".join(TARGETS), PROXY_CPU, SIM_CPU, NICE,
+                      CAL_SECONDS),
+        "sim_flags": " ".join(SIM_COMMON) + "; --seed SEED on every replica; --speed %g "
+                     "(homogeneous8: %g); --kv-blocks %d (kvpressure: %d); normal: "
+                     "--step-base-ms 8 --step-per-token-us 40; slow: --step-base-ms 16 "
+                     "--step-per-token-us 80; multimodel: r0, r1 %s, r2, r3 %s" % (
+                         SPEED, SPEED8, SIM_KV_BLOCKS, kv_fit, " ".join(MM_A), " ".join(MM_B)),
+        "pinning": "proxy (tokenrelay 1 worker / nginx 1 worker) on CPU %d; the vllm-sims, "
                    "loadgen and this driver on CPU %d" % (PROXY_CPU, SIM_CPU),
         "load_before": loadavg(), "out": OUT,
         "settings": {"duration": DURATION, "warmup": WARMUP, "drain_max": DRAIN_MAX,
-                     "load": LOAD, "seed": SEED, "nice": NICE, "retries": RETRIES,
-                     "lag_max_ms": LAG_MAX_MS, "long_frac": LONG_FRAC, "speed": SPEED,
-                     "scenarios": SCENARIOS, "targets": TARGETS},
+                     "loads": LOADS, "seeds": SEEDS, "nice": NICE, "retries": RETRIES,
+                     "lag_max_ms": LAG_MAX_MS, "long_frac": LONG_FRAC,
+                     "kv_long_frac": KV_LONG_FRAC, "kv_fit": KV_FIT, "kv_blocks": kv_fit,
+                     "speed": SPEED, "speed8": SPEED8, "output_mean": OUTPUT_MEAN,
+                     "output_sigma": OUTPUT_SIGMA, "scenarios": SCENARIOS, "targets": TARGETS,
+                     "created_base": CREATED_BASE,
+                     "replica_models": {sc: SCENARIO_DEFS[sc]["served"] for sc in SCENARIOS},
+                     "replica_kinds": {sc: SCENARIO_DEFS[sc]["replicas"] for sc in SCENARIOS}},
     }
     with open(os.path.join(OUT, "header.json"), "w") as f:
         json.dump(header, f, indent=1)
-    for k in ("date", "machine", "commit", "versions", "command", "pinning", "load_before"):
+    for k in ("date", "machine", "commit", "versions", "command", "sim_flags", "pinning",
+              "load_before"):
         log("%-12s %s" % (k + ":", header[k]))
     t_start = time.monotonic()
 
-    # Capacity per (replica kind, long fraction) that the scenarios need.
-    need = set()
-    for s in SCENARIOS:
-        sd = SCENARIO_DEFS[s]
-        for kind in sd["replicas"]:
-            need.add((kind, sd["long_frac"]))
+    # Capacity per (replica kind, workload) that the scenarios need.
     cal = {}
     if CAPACITY_FILE:
         with open(CAPACITY_FILE) as f:
             cal = json.load(f)
-    for kind, lf in sorted(need):
-        key = "%s@%g" % (kind, lf)
-        if key not in cal:
-            cal[key] = calibrate(bins["vllm-sim"], kind, lf,
-                                 os.path.join(OUT, "calibration", key))
+    for scen in SCENARIOS:
+        sd = SCENARIO_DEFS[scen]
+        for kind in sorted(set(sd["replicas"])):
+            key = cal_key(kind, sd)
+            if key not in cal:
+                cal[key] = calibrate(bins["vllm-sim"], kind, sd,
+                                     os.path.join(OUT, "calibration", key.replace("/", "_")))
     with open(os.path.join(OUT, "calibration.json"), "w") as f:
         json.dump(cal, f, indent=1)
 
-    for scen in SCENARIOS:
-        sd = SCENARIO_DEFS[scen]
-        cap = sum(cal["%s@%g" % (k, sd["long_frac"])]["capacity_rps"] for k in sd["replicas"])
-        rate = LOAD * cap
-        log("scenario %s: cluster capacity %.2f req/s, arrival rate %.2f req/s (%.0f%%)" %
-            (scen, cap, rate, 100 * LOAD))
-        for target in TARGETS:
-            measure(scen, target, rate, bins, os.path.join(OUT, "run", scen, target))
+    # Seeds outermost: a partial run still has every scenario, load and target
+    # for the seeds it finished.
+    for seed in SEEDS:
+        for scen in SCENARIOS:
+            sd = SCENARIO_DEFS[scen]
+            cap = sum(cal[cal_key(k, sd)]["capacity_rps"] for k in sd["replicas"])
+            for load in LOADS:
+                CUR["seed"], CUR["load"] = seed, load
+                rate = load * cap
+                log("seed %d, scenario %s: cluster capacity %.2f req/s, arrival rate %.2f req/s "
+                    "(%.0f%%)" % (seed, scen, cap, rate, 100 * load))
+                for target in TARGETS:
+                    measure(scen, target, rate, bins,
+                            os.path.join(OUT, "run", scen, "%g" % load, str(seed), target),
+                            kv_of[scen])
 
     with open(os.path.join(OUT, "header.json")) as f:
         header = json.load(f)
@@ -842,10 +1027,7 @@ def main():
     with open(os.path.join(OUT, "report.md"), "w") as f:
         f.write(text)
     print(text)
-    if set(SCENARIOS) == set(SCENARIO_DEFS) and set(TARGETS) == set(POLICIES) | set(NGINX):
-        # A complete run: its plot is the one bench/RESULTS.md shows.
-        shutil.copy(os.path.join(OUT, "ttft_short_p99.svg"), os.path.join(HERE, "ttft_short_p99.svg"))
-    log("done in %.0f min: %s (report.md, ttft_short_p99.svg)" % (header["total_s"] / 60, OUT))
+    log("done in %.0f min: %s (report.md)" % (header["total_s"] / 60, OUT))
     return 0
 
 
