@@ -7,7 +7,7 @@ set -euo pipefail
 pkgs=(
   build-essential g++ clang meson ninja-build pkg-config
   liburing-dev libmimalloc-dev catch2 node-llhttp libinih-dev libsimdjson-dev libsystemd-dev
-  libssl-dev
+  libssl-dev libxxhash-dev
   wrk curl python3 clang-format
 )
 if [[ "${1:-}" == "--bench" ]]; then
