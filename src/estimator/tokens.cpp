@@ -81,10 +81,39 @@ void ModelLearner::learn_output(Entry* e, double tokens, bool capped) {
   if (e->outputs < std::numeric_limits<uint32_t>::max()) ++e->outputs;
 }
 
+std::array<double, 3> ModelLearner::classes_of(const RequestFacts& f) {
+  double wide = static_cast<double>(f.prompt_wide_chars);
+  double symbols = static_cast<double>(f.prompt_symbol_chars);
+  double narrow = std::max(0.0, static_cast<double>(f.prompt_chars) - wide - symbols);
+  return {narrow, symbols, wide};
+}
+
+void ModelLearner::learn_classes(Entry* e, const std::array<double, 3>& n, double tokens) {
+  double p = 0;
+  for (size_t k = 0; k < 3; ++k)
+    p += e->class_weight[k] * n[k];
+  if (!(p > 0) || !(tokens >= 1)) return;
+  const double r = std::clamp(tokens / p, 1.0 / 8, 8.0);
+  const double rate = kClassRate * std::min(1.0, tokens / kClassFullTokens);
+  for (size_t k = 0; k < 3; ++k) {
+    if (n[k] <= 0) continue;
+    double share = e->class_weight[k] * n[k] / p;
+    e->class_weight[k] = std::clamp(e->class_weight[k] * std::pow(r, rate * share), kClassWeightMin,
+                                    kClassWeightMax);
+  }
+}
+
 uint32_t ModelLearner::prompt_tokens(const RequestFacts& f) const {
   double tokens = static_cast<double>(f.prompt_token_ids) +
                   static_cast<double>(kMessageOverheadTokens) * f.messages;
-  if (f.prompt_chars > 0) {
+  if (f.prompt_wide_chars + f.prompt_symbol_chars > 0) {
+    const Entry& e = find(f.model);
+    std::array<double, 3> n = classes_of(f);
+    double text = 0;
+    for (size_t k = 0; k < 3; ++k)
+      text += e.class_weight[k] * n[k];
+    tokens += std::ceil(text);
+  } else if (f.prompt_chars > 0) {
     tokens += std::ceil(static_cast<double>(f.prompt_chars) / find(f.model).chars_per_token);
   }
   return saturate_u32(tokens);
@@ -118,6 +147,19 @@ void ModelLearner::observe_usage(std::string_view model, uint64_t prompt_chars, 
   const double overhead = static_cast<double>(kMessageOverheadTokens) * messages;
   learn_prompt(model, static_cast<double>(prompt_chars),
                static_cast<double>(prompt_tokens) - overhead);
+}
+
+void ModelLearner::observe_usage(const RequestFacts& f, uint64_t prompt_tokens) {
+  observe_usage(f.model, f.prompt_chars, f.messages, prompt_tokens);
+  if (f.prompt_wide_chars + f.prompt_symbol_chars == 0 || f.prompt_chars == 0) return;
+  const double text = static_cast<double>(prompt_tokens) -
+                      static_cast<double>(kMessageOverheadTokens) * f.messages -
+                      static_cast<double>(f.prompt_token_ids);
+  const double ratio = static_cast<double>(f.prompt_chars) / text;
+  if (!(ratio >= kObservedCharsPerTokenMin && ratio <= kObservedCharsPerTokenMax)) return;
+  std::array<double, 3> n = classes_of(f);
+  if (Entry* e = find_or_add(f.model)) learn_classes(e, n, text);
+  learn_classes(&shared_, n, text);
 }
 
 void ModelLearner::observe_prompt_totals(std::string_view model, double chars_sent_delta,

@@ -27,6 +27,22 @@
 //   prompt_tokens(f) = prompt_token_ids + ceil(prompt_chars / chars_per_token)
 //                      + kMessageOverheadTokens * messages,  at least 1
 //
+// Prompts of mixed text (prose, code, CJK)
+// ----------------------------------------
+// One ratio cannot fit a model's traffic when prompts differ in kind: a BPE
+// tokenizer cuts English prose at ~4 characters per token, code at ~2.5
+// (punctuation), CJK at ~1-1.5. When the facts split the characters into
+// classes (narrow: the rest; symbol: ASCII punctuation, tab, newline; wide:
+// 3- and 4-byte UTF-8), prompt tokens are
+//   text_tokens = w_narrow * narrow + w_symbol * symbols + w_wide * wide
+// with per-model tokens-per-character weights (priors kClassPrior), learned
+// from usage by an exponentiated-gradient step: with P the prediction and T
+// the text's real tokens, each class's weight is multiplied by
+// (T / P)^(kClassRate * min(1, T / kClassFullTokens) * share), share = its part
+// of P; clamped to [kClassWeightMin, kClassWeightMax]. One class alone
+// converges geometrically to its ratio; varying mixes separate the classes.
+// Facts without the split (token-id prompts, tests) use the single ratio.
+//
 // Output tokens
 // -------------
 // A per-model mean of natural output lengths (EWMA, alpha kOutputAlpha after a
@@ -78,6 +94,12 @@ inline constexpr double kObservedCharsPerTokenMin = 0.5;
 inline constexpr double kObservedCharsPerTokenMax = 24.0;
 inline constexpr uint32_t kMessageOverheadTokens = 4;  // chat template, per message
 
+inline constexpr double kClassPrior[3] = {0.25, 0.4, 0.67};  // narrow, symbol, wide
+inline constexpr double kClassRate = 0.3;
+inline constexpr double kClassFullTokens = 256;
+inline constexpr double kClassWeightMin = 1.0 / 16;
+inline constexpr double kClassWeightMax = 4.0;
+
 inline constexpr double kDefaultOutputTokens = 256;
 inline constexpr double kOutputAlpha = 0.05;  // EWMA weight once warm (memory ~20)
 inline constexpr size_t kOutputBuckets = 18;  // [2^k, 2^(k+1)); the last is open
@@ -106,6 +128,8 @@ class ModelLearner {
   // chars or the text's tokens are 0 or their ratio is implausible.
   void observe_usage(std::string_view model, uint64_t prompt_chars, uint32_t messages,
                      uint64_t prompt_tokens);
+  // The same for a request's facts, also learning the per-class weights.
+  void observe_usage(const RequestFacts& f, uint64_t prompt_tokens);
 
   // A request that finished normally (not aborted): <completion_tokens> as
   // counted from the relayed events or usage, <max_tokens> as requested (-1 or
@@ -141,6 +165,7 @@ class ModelLearner {
     std::array<double, kOutputBuckets> hist_mass{};    // decayed observations per bucket
     std::array<double, kOutputBuckets> hist_tokens{};  // ... and their decayed token sum
     double hist_total = 0;                             // sum of hist_mass
+    std::array<double, 3> class_weight{kClassPrior[0], kClassPrior[1], kClassPrior[2]};
     uint32_t name_bytes = 0;
     std::array<char, kModelNameBytesMax> name{};
   };
@@ -153,6 +178,8 @@ class ModelLearner {
   void learn_prompt(std::string_view model, double chars, double tokens);
   static void learn_prompt(Entry* e, double chars, double tokens);
   static void learn_output(Entry* e, double tokens, bool capped);
+  static void learn_classes(Entry* e, const std::array<double, 3>& n, double tokens);
+  static std::array<double, 3> classes_of(const RequestFacts& f);
 
   std::array<Entry, kModelsMax> entries_;
   Entry shared_;

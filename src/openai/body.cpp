@@ -25,28 +25,48 @@ using simdjson::SUCCESS;
     if (tr_json_err_ != SUCCESS) return tr_json_err_; \
   } while (0)
 
+// Characters of prompt text, by the classes tokenizers treat differently.
+struct TextCounts {
+  uint64_t chars = 0;    // code points
+  uint64_t wide = 0;     // of them: 3- and 4-byte UTF-8 sequences
+  uint64_t symbols = 0;  // of them: ASCII punctuation, tab, newline
+};
+
 // What one pass collects before it is copied into RequestFacts.
 struct Acc {
   bool stream = false;
   bool include_usage = false;
   int64_t max_completion_tokens = -1;
   int64_t max_tokens = -1;
-  uint64_t prompt_chars = 0;      // from "prompt"
+  TextCounts prompt_text;         // from "prompt"
   uint64_t prompt_token_ids = 0;  // from "prompt"
-  uint64_t message_chars = 0;     // from "messages"
+  TextCounts message_text;        // from "messages"
   uint32_t messages = 0;
   bool has_priority = false;
   int64_t priority = 0;
   std::string_view model_token;  // the raw "model" string token, in the parsed buffer
 };
 
-// UTF-8 code points in a valid UTF-8 string: bytes that are not continuation
-// bytes (10xxxxxx). simdjson has validated the whole body as UTF-8.
-uint64_t utf8_chars(std::string_view s) {
-  uint64_t n = 0;
-  for (char c : s)
-    n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
-  return n;
+// Counts a valid UTF-8 string (simdjson validated the whole body): code
+// points are the bytes that are not continuation bytes (10xxxxxx); wide ones
+// are those of three or four bytes (lead byte >= 0xE0: CJK, kana, Hangul,
+// emoji, most symbols), which BPE tokenizers cut ~1 per token or finer;
+// symbols are ASCII punctuation, tabs and newlines (code, markup), cut finer
+// than words. Branch-free sums the compiler vectorizes.
+void count_text(std::string_view s, TextCounts* out) {
+  uint64_t chars = 0;
+  uint64_t wide = 0;
+  uint64_t symbols = 0;
+  for (char ch : s) {
+    auto c = static_cast<unsigned char>(ch);
+    chars += (c & 0xC0) != 0x80;
+    wide += c >= 0xE0;
+    symbols += (c >= 0x21 && c <= 0x2F) | (c >= 0x3A && c <= 0x40) | (c >= 0x5B && c <= 0x60) |
+               (c >= 0x7B && c <= 0x7E) | (c == '\n') | (c == '\t');
+  }
+  out->chars += chars;
+  out->wide += wide;
+  out->symbols += symbols;
 }
 
 // An array element as a value, without exceptions.
@@ -61,13 +81,13 @@ error_code type_of(od::value& v, od::json_type* t) {
 }
 
 // Adds the characters of a string value to *chars; other types add nothing.
-error_code add_string_chars(od::value& v, uint64_t* chars) {
+error_code add_string_chars(od::value& v, TextCounts* chars) {
   od::json_type t;
   TR_JSON_TRY(type_of(v, &t));
   if (t != od::json_type::string) return SUCCESS;
   std::string_view s;
   TR_JSON_TRY(v.get_string().get(s));
-  *chars += utf8_chars(s);
+  count_text(s, chars);
   return SUCCESS;
 }
 
@@ -162,11 +182,11 @@ error_code count_numbers(od::value& v, uint64_t* count) {
 // "prompt": a string, an array of strings, an array of token ids, or an array
 // of arrays of token ids (each element is judged on its own).
 error_code read_prompt(od::value& v, Acc* acc) {
-  acc->prompt_chars = 0;
+  acc->prompt_text = TextCounts{};
   acc->prompt_token_ids = 0;
   od::json_type t;
   TR_JSON_TRY(type_of(v, &t));
-  if (t == od::json_type::string) return add_string_chars(v, &acc->prompt_chars);
+  if (t == od::json_type::string) return add_string_chars(v, &acc->prompt_text);
   if (t != od::json_type::array) return SUCCESS;
   od::array arr;
   TR_JSON_TRY(v.get_array().get(arr));
@@ -177,7 +197,7 @@ error_code read_prompt(od::value& v, Acc* acc) {
     TR_JSON_TRY(type_of(item, &it));
     switch (it) {
       case od::json_type::string:
-        TR_JSON_TRY(add_string_chars(item, &acc->prompt_chars));
+        TR_JSON_TRY(add_string_chars(item, &acc->prompt_text));
         break;
       case od::json_type::number:
         ++acc->prompt_token_ids;
@@ -193,14 +213,14 @@ error_code read_prompt(od::value& v, Acc* acc) {
 }
 
 // One content part: counts "text" when "type" is "text", in either order.
-error_code read_part(od::value& v, uint64_t* chars) {
+error_code read_part(od::value& v, TextCounts* chars) {
   od::json_type t;
   TR_JSON_TRY(type_of(v, &t));
   if (t != od::json_type::object) return SUCCESS;
   od::object obj;
   TR_JSON_TRY(v.get_object().get(obj));
   bool is_text = false;
-  uint64_t text_chars = 0;
+  TextCounts text_chars;
   for (auto field : obj) {
     std::string_view key;
     TR_JSON_TRY(field.unescaped_key().get(key));
@@ -216,16 +236,20 @@ error_code read_part(od::value& v, uint64_t* chars) {
     } else if (key == "text") {
       od::value fv;
       TR_JSON_TRY(field.value().get(fv));
-      text_chars = 0;
+      text_chars = TextCounts{};
       TR_JSON_TRY(add_string_chars(fv, &text_chars));
     }
   }
-  if (is_text) *chars += text_chars;
+  if (is_text) {
+    chars->chars += text_chars.chars;
+    chars->wide += text_chars.wide;
+    chars->symbols += text_chars.symbols;
+  }
   return SUCCESS;
 }
 
 // messages[].content: a string or an array of parts.
-error_code read_content(od::value& v, uint64_t* chars) {
+error_code read_content(od::value& v, TextCounts* chars) {
   od::json_type t;
   TR_JSON_TRY(type_of(v, &t));
   if (t == od::json_type::string) return add_string_chars(v, chars);
@@ -242,7 +266,7 @@ error_code read_content(od::value& v, uint64_t* chars) {
 
 error_code read_messages(od::value& v, Acc* acc) {
   acc->messages = 0;
-  acc->message_chars = 0;
+  acc->message_text = TextCounts{};
   od::json_type t;
   TR_JSON_TRY(type_of(v, &t));
   if (t != od::json_type::array) return SUCCESS;
@@ -263,7 +287,7 @@ error_code read_messages(od::value& v, Acc* acc) {
       if (key != "content") continue;
       od::value content;
       TR_JSON_TRY(field.value().get(content));
-      TR_JSON_TRY(read_content(content, &acc->message_chars));
+      TR_JSON_TRY(read_content(content, &acc->message_text));
     }
   }
   return SUCCESS;
@@ -293,6 +317,8 @@ void reset_facts(RequestFacts* out) {
   out->model.clear();  // keeps capacity
   out->max_tokens = -1;
   out->prompt_chars = 0;
+  out->prompt_wide_chars = 0;
+  out->prompt_symbol_chars = 0;
   out->prompt_token_ids = 0;
   out->messages = 0;
   out->model_token_offset = 0;
@@ -408,7 +434,9 @@ bool BodyInspector::inspect(const char* data, size_t len, size_t capacity, Reque
   out->stream = acc.stream;
   out->include_usage = acc.include_usage;
   out->max_tokens = acc.max_completion_tokens >= 0 ? acc.max_completion_tokens : acc.max_tokens;
-  out->prompt_chars = acc.prompt_chars + acc.message_chars;
+  out->prompt_chars = acc.prompt_text.chars + acc.message_text.chars;
+  out->prompt_wide_chars = acc.prompt_text.wide + acc.message_text.wide;
+  out->prompt_symbol_chars = acc.prompt_text.symbols + acc.message_text.symbols;
   out->prompt_token_ids = acc.prompt_token_ids;
   out->messages = acc.messages;
   out->has_priority = acc.has_priority;

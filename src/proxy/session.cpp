@@ -1015,7 +1015,7 @@ void ClientConn::learn_from_response() {
     }
   }
   if (have_usage && prompt_tokens > 0) {
-    learner.observe_usage(facts_.model, facts_.prompt_chars, facts_.messages, prompt_tokens);
+    learner.observe_usage(facts_, prompt_tokens);
   }
   completion_tokens_ = completion_tokens;
   usage_prompt_tokens_ = have_usage ? prompt_tokens : 0;

@@ -1370,3 +1370,35 @@ TEST_CASE("calibration clamps an absurd but consistent engine", "[estimator][cal
   CHECK(cal.step_per_token_s() >= tr::estimator::kStepPerTokenMinS);
   CHECK(std::isfinite(cal.step_time_s(1e6)));
 }
+
+TEST_CASE("prompt tokens of mixed text: per-class weights learned from usage",
+          "[estimator][tokens]") {
+  // A tokenizer like vllm-sim --tokenizer mixed: prose 4.2, code 2.5, CJK 1.5
+  // characters per token. Three kinds of prompts of 1,200 characters.
+  auto fact = [](uint64_t chars, uint64_t symbols, uint64_t wide) {
+    RequestFacts f = facts("m", chars);
+    f.prompt_symbol_chars = symbols;
+    f.prompt_wide_chars = wide;
+    return f;
+  };
+  // prose: 40 punctuation marks, no wide; code: 400 symbols; CJK: 1,100 wide.
+  const RequestFacts prose = fact(1200, 40, 0), code = fact(1200, 400, 0),
+                     cjk = fact(1200, 0, 1100);
+  const uint64_t t_prose = 286, t_code = 480, t_cjk = 800;
+  ModelLearner l;
+  for (int i = 0; i < 300; ++i) {
+    l.observe_usage(prose, t_prose);
+    l.observe_usage(code, t_code);
+    l.observe_usage(cjk, t_cjk);
+  }
+  auto within = [](uint32_t got, uint64_t want) { return got >= want * 0.9 && got <= want * 1.1; };
+  CHECK(within(l.prompt_tokens(prose), t_prose));
+  CHECK(within(l.prompt_tokens(code), t_code));
+  CHECK(within(l.prompt_tokens(cjk), t_cjk));
+  // One ratio for all three (what the model was before) misses CJK by far.
+  double one_ratio_cjk = 1200 / l.chars_per_token("m");
+  CHECK(one_ratio_cjk < 0.75 * t_cjk);
+  // Other models keep the priors until they see their own traffic... the
+  // shared entry learned from everything.
+  CHECK(l.prompt_tokens(fact(1200, 0, 1100)) == l.prompt_tokens(cjk));
+}
