@@ -404,6 +404,17 @@ constexpr Key kKeys[] = {
             "request's own completion only).",
      .real = TR_CFG(double, routing.imposed_weight)},
     {.section = S::routing,
+     .name = "imposed_cap",
+     .kind = K::real,
+     .default_text = "0",
+     .real_min = 0,
+     .real_max = 1000,
+     .real_zero_ok = true,
+     .doc = "latency policy: the imposed delay counts at most imposed_cap x the request's own "
+            "predicted completion (0 = no cap), so a long prompt is not pushed onto a slow "
+            "replica by the delay it would add to a busy fast one.",
+     .real = TR_CFG(double, routing.imposed_cap)},
+    {.section = S::routing,
      .name = "sample_above",
      .kind = K::u32,
      .default_text = "16",

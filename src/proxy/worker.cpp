@@ -177,6 +177,7 @@ Worker::Worker(Shared* shared, const WorkerOptions& opt)
   if (!routing::parse_policy(rc.policy, &po.kind)) po.kind = routing::PolicyKind::latency;
   po.ttft_weight = rc.ttft_weight;
   po.imposed_weight = rc.imposed_weight;
+  po.imposed_cap = rc.imposed_cap;
   po.sample_above = rc.sample_above;
   po.sample_size = rc.sample_size;
   po.seed = (static_cast<uint64_t>(opt.index) + 1) * 0x9e3779b97f4a7c15ull ^

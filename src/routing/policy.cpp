@@ -161,7 +161,9 @@ class Latency final : public ScoringPolicy {
   double score(const RouteRequest& req, const ReplicaView& v) override {
     estimator::Prediction p = estimator::predict(v.load, req.cost);
     last_ = p;
-    double s = p.completion_s + opt_.ttft_weight * p.ttft_s + opt_.imposed_weight * p.imposed_s;
+    double imposed = opt_.imposed_cap > 0 ? std::min(p.imposed_s, opt_.imposed_cap * p.completion_s)
+                                          : p.imposed_s;
+    double s = p.completion_s + opt_.ttft_weight * p.ttft_s + opt_.imposed_weight * imposed;
     // A heavier replica is a faster one: divide its predicted time.
     s = per_weight(s, v.weight);
     return std::isfinite(s) ? s : 1e18;

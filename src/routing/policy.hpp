@@ -64,6 +64,7 @@ struct PolicyOptions {
   PolicyKind kind = PolicyKind::latency;
   double ttft_weight = 1.0;     // latency: score = completion + ttft_weight * ttft
   double imposed_weight = 0.3;  // ... + imposed_weight * delay imposed on running requests
+  double imposed_cap = 0;       // that delay counts at most imposed_cap x own completion (0: all)
   uint32_t sample_above = 16;   // evaluate a sample when there are more replicas than this
   uint32_t sample_size = 12;    // how many replicas the sample holds
   uint64_t seed = 1;

@@ -704,6 +704,7 @@ TEST_CASE("reference_markdown mentions every key", "[config]") {
       {"[backend NAME]", "weight"},
       {"[backend NAME]", "api_key"},
       {"[backend NAME]", "max_inflight"},
+      {"[routing]", "imposed_cap"},
       {"[backend NAME]", "models"},
       {"[backend NAME]", "scheduling"},
       {"[backend NAME]", "long_prefill_token_threshold"},

@@ -191,3 +191,30 @@ TEST_CASE("large fleets are sampled: the decision looks at a bounded number", "[
     CHECK(src.views <= 17);
   }
 }
+
+TEST_CASE("latency: imposed_cap keeps a long prompt off a slow idle replica", "[routing]") {
+  // r0: fast, 40 requests decoding. r1: twice as slow, idle.
+  FakeSource src(2);
+  src.v[0].load.running = 40;
+  src.v[0].load.decode_tokens_remaining = 40 * 200;
+  src.v[1].load.step_base_s = 0.030;
+  src.v[1].load.step_per_token_s = 80e-6;
+  auto pick = [&](double cap, uint32_t prompt) {
+    PolicyOptions o;
+    o.kind = PolicyKind::latency;
+    o.imposed_cap = cap;
+    auto p = make_policy(o);
+    uint32_t out[2];
+    Ranking r = p->rank(req(prompt, 300), src, out);
+    REQUIRE(r.count == 2);
+    return out[0];
+  };
+  // Uncapped, a 12k-token prompt's delay to the 40 running requests (40 us x
+  // 40 x 12k = 19 s, x 0.3) outweighs its own doubled time on r1.
+  CHECK(pick(0, 12000) == 1);
+  // Capped at its own completion, it goes where it finishes soonest.
+  CHECK(pick(1, 12000) == 0);
+  // A short prompt is not affected by the cap: both send it to the fast one.
+  CHECK(pick(0, 100) == 0);
+  CHECK(pick(1, 100) == 0);
+}
