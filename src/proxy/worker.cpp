@@ -152,6 +152,12 @@ void TableSource::view(size_t i, routing::ReplicaView* v) const {
   l.prefill_tokens_queued = prefill_tokens + foreign_waiting * kForeignPromptTokens;
   l.decode_tokens_remaining = decode_tokens + foreign_running * kForeignOutputTokens;
   l.kv_usage = v->kv_usage;
+  // The KV the running requests will still take as they decode is not free
+  // for a newcomer: vLLM admits on what is free now and preempts when decode
+  // growth runs out of blocks (the preemptions this prevents).
+  if (l.kv_free_tokens >= 0) {
+    l.kv_free_tokens = std::max(0.0, l.kv_free_tokens - l.decode_tokens_remaining / engines);
+  }
   if (f.priority_scheduling) {
     // What waits ahead, by class; foreign load counts as normal (class 1).
     for (size_t c = 0; c < estimator::kPriorityClasses; ++c) {
