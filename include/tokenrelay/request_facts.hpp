@@ -25,6 +25,10 @@ struct RequestFacts {
   uint32_t model_token_bytes = 0;
   bool has_priority = false;  // "priority": an integer (vLLM's priority scheduling)
   int64_t priority = 0;
+  // The "priority" member ("priority": N, key to value) in the body, so it can
+  // be removed for a replica that does not schedule by priority.
+  uint32_t priority_member_offset = 0;
+  uint32_t priority_member_bytes = 0;
 };
 
 }  // namespace tr

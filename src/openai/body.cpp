@@ -44,7 +44,8 @@ struct Acc {
   uint32_t messages = 0;
   bool has_priority = false;
   int64_t priority = 0;
-  std::string_view model_token;  // the raw "model" string token, in the parsed buffer
+  std::string_view model_token;     // the raw "model" string token, in the parsed buffer
+  std::string_view priority_value;  // the raw "priority" value token
 };
 
 // Counts a valid UTF-8 string (simdjson validated the whole body): code
@@ -310,6 +311,34 @@ error_code read_model(od::value& v, std::string* model, std::string_view* token)
   return SUCCESS;
 }
 
+bool json_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+// The member whose raw value token is <value> and whose key is written
+// exactly <key> (quotes included): found by walking back over ':' and
+// whitespace from the value. A key written with escapes is not located (the
+// member is then left alone).
+void locate_member(const char* buf, size_t len, std::string_view value, std::string_view key,
+                   RequestFacts* out) {
+  if (value.data() < buf || value.data() + value.size() > buf + len) return;
+  while (!value.empty() && json_space(value.back()))
+    value.remove_suffix(1);
+  const char* p = value.data();
+  while (p > buf && json_space(p[-1]))
+    --p;
+  if (p == buf || p[-1] != ':') return;
+  --p;
+  while (p > buf && json_space(p[-1]))
+    --p;
+  if (static_cast<size_t>(p - buf) < key.size() ||
+      std::string_view(p - key.size(), key.size()) != key)
+    return;
+  const char* start = p - key.size();
+  out->priority_member_offset = static_cast<uint32_t>(start - buf);
+  out->priority_member_bytes = static_cast<uint32_t>(value.data() + value.size() - start);
+}
+
 void reset_facts(RequestFacts* out) {
   out->json_ok = false;
   out->stream = false;
@@ -325,6 +354,8 @@ void reset_facts(RequestFacts* out) {
   out->model_token_bytes = 0;
   out->has_priority = false;
   out->priority = 0;
+  out->priority_member_offset = 0;
+  out->priority_member_bytes = 0;
 }
 
 // The single pass over the top-level object. Keys are matched by length
@@ -360,6 +391,7 @@ error_code read_body(od::parser& parser, simdjson::padded_string_view json, Acc*
           TR_JSON_TRY(read_messages(v, acc));
         } else if (key == "priority") {
           TR_JSON_TRY(field.value().get(v));
+          acc->priority_value = v.raw_json_token();
           TR_JSON_TRY(read_priority(v, acc));
         }
         break;
@@ -441,6 +473,7 @@ bool BodyInspector::inspect(const char* data, size_t len, size_t capacity, Reque
   out->messages = acc.messages;
   out->has_priority = acc.has_priority;
   out->priority = acc.priority;
+  if (acc.has_priority) locate_member(buf, len, acc.priority_value, "\"priority\"", out);
   if (!acc.model_token.empty() && acc.model_token.data() >= buf &&
       acc.model_token.data() + acc.model_token.size() <= buf + len) {
     out->model_token_offset = static_cast<uint32_t>(acc.model_token.data() - buf);

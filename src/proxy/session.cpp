@@ -32,6 +32,13 @@ std::string_view path_of(std::string_view target) {
   return q == std::string_view::npos ? target : target.substr(0, q);
 }
 
+// A splice into the request body: <remove> bytes at <at> replaced by <insert>.
+struct BodyEdit {
+  size_t at = 0;
+  size_t remove = 0;
+  std::string insert;
+};
+
 // X-Priority: "high" (-1), "normal" (0), "low" (1), or an integer in
 // [-1e6, 1e6] (vLLM's priority: lower is served first).
 bool parse_priority(std::string_view v, int64_t* out) {
@@ -49,6 +56,24 @@ bool parse_priority(std::string_view v, int64_t* out) {
     *out = x;
   }
   return true;
+}
+
+// An object member [at, at + n) of <body> ("key": value) as an edit that
+// removes it with one adjacent comma, so the object stays valid JSON.
+BodyEdit remove_member(std::string_view body, size_t at, size_t n) {
+  constexpr std::string_view kSpace = " \t\r\n";
+  BodyEdit e{at, n, {}};
+  size_t after = body.find_first_not_of(kSpace, at + n);
+  if (after != std::string_view::npos && body[after] == ',') {
+    e.remove = after + 1 - at;  // "k": v ,  -> gone (the next member keeps its place)
+    return e;
+  }
+  size_t before = at == 0 ? std::string_view::npos : body.find_last_not_of(kSpace, at - 1);
+  if (before != std::string_view::npos && body[before] == ',') {
+    e.at = before;  // , "k": v  (the last member)
+    e.remove = at + n - before;
+  }
+  return e;
 }
 
 void format_peer(int fd, char* out, size_t len) {
@@ -739,48 +764,55 @@ void ClientConn::send_request(UpstreamConn* u) {
   p.has_body = req_.has_content_length() || req_.chunked();
   p.strip_authorization = w_->shared().keys != nullptr;
   p.api_key = b.api_key;
-  // The body goes out from the client's buffer. Two edits may be spliced in
-  // without copying it: an alias's "model" replaced by its target, and
-  // X-Priority inserted as "priority" for a replica that schedules by it.
+  // The body goes out from the client's buffer, with up to two edits spliced
+  // in as separate segments (the body is never copied): an alias's "model"
+  // replaced by its target; and "priority" inserted (from X-Priority) for a
+  // replica that schedules by it, or removed (nonzero, from the body) for one
+  // that does not, which vLLM would refuse with a 400.
   std::string_view body(body_);
-  size_t model_at = facts_.model_token_offset;
-  size_t model_len = rewrite_.empty() ? 0 : facts_.model_token_bytes;
-  std::string model_token;
-  if (model_len) {
-    model_token = "\"";
-    json_escape_append(model_token, rewrite_);
-    model_token += '"';
+  BodyEdit edits[2];
+  size_t nedits = 0;
+  if (!rewrite_.empty() && facts_.model_token_bytes) {
+    BodyEdit& e = edits[nedits++];
+    e.at = facts_.model_token_offset;
+    e.remove = facts_.model_token_bytes;
+    e.insert = "\"";
+    json_escape_append(e.insert, rewrite_);
+    e.insert += '"';
   }
-  std::string priority_field;
-  size_t open_brace = body.find('{');
-  if (priority_from_header_ && b.scheduling == "priority" && open_brace != std::string_view::npos &&
-      facts_.json_ok) {
+  const bool by_priority = b.scheduling == "priority";
+  if (facts_.json_ok && by_priority && priority_from_header_) {
+    size_t open_brace = body.find('{');
     size_t next = body.find_first_not_of(" \t\r\n", open_brace + 1);
     bool empty_object = next != std::string_view::npos && body[next] == '}';
-    priority_field = "\"priority\":" + std::to_string(priority_) + (empty_object ? "" : ",");
+    BodyEdit& e = edits[nedits++];
+    e.at = open_brace + 1;
+    e.insert = "\"priority\":" + std::to_string(priority_) + (empty_object ? "" : ",");
+  } else if (facts_.json_ok && !by_priority && facts_.priority != 0 &&
+             facts_.priority_member_bytes) {
+    edits[nedits++] =
+        remove_member(body, facts_.priority_member_offset, facts_.priority_member_bytes);
   }
-  p.body_bytes = body.size() - model_len + model_token.size() + priority_field.size();
+  if (nedits == 2 && edits[1].at < edits[0].at) std::swap(edits[0], edits[1]);
+  size_t bytes = body.size();
+  for (size_t k = 0; k < nedits; ++k)
+    bytes = bytes - edits[k].remove + edits[k].insert.size();
+  p.body_bytes = bytes;
   http::build_upstream_request(req_, p, &head);
   u->out().push_copy(head);
   w_->shared()
       .table->at(u->backend())
       .dispatch.prompt_chars_sent.fetch_add(facts_.prompt_chars, std::memory_order_relaxed);
-  if (!body.empty()) {
-    size_t pos = 0;
-    auto ref = [&](size_t end) {
-      if (end > pos) u->out().push_ref(body.data() + pos, static_cast<uint32_t>(end - pos));
-      pos = end;
-    };
-    if (!priority_field.empty()) {  // the '{' of the object comes before "model"
-      ref(open_brace + 1);
-      u->out().push_copy(priority_field);
+  size_t pos = 0;
+  for (size_t k = 0; k < nedits; ++k) {
+    if (edits[k].at > pos) {
+      u->out().push_ref(body.data() + pos, static_cast<uint32_t>(edits[k].at - pos));
     }
-    if (model_len) {
-      ref(model_at);
-      u->out().push_copy(model_token);
-      pos += model_len;
-    }
-    ref(body.size());
+    if (!edits[k].insert.empty()) u->out().push_copy(edits[k].insert);
+    pos = edits[k].at + edits[k].remove;
+  }
+  if (body.size() > pos) {
+    u->out().push_ref(body.data() + pos, static_cast<uint32_t>(body.size() - pos));
   }
   u->parser().expect_no_body(is_head_);
   u->flush();

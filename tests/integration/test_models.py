@@ -157,6 +157,17 @@ def check_rewrite_keeps_the_rest_of_the_body():
             code, _, _ = http_request(px.port, "POST", "/v1/completions", body=raw,
                                       headers={"X-Priority": "-3"})
             assert fake.bodies[-1].decode() == raw.replace('"base"', '"base-rc"')
+            # A nonzero body priority is removed for it (vLLM would answer 400),
+            # wherever the member is; 0 is harmless and stays.
+            for sent_raw, want in [
+                ('{"priority": 3, "model":"base","prompt":"p"}', '{ "model":"base-rc","prompt":"p"}'),
+                ('{"model":"base", "priority":-2 }', '{"model":"base-rc" }'),
+                ('{"model":"base","priority":1,"prompt":"p"}', '{"model":"base-rc","prompt":"p"}'),
+                ('{"model":"base","priority":0}', '{"model":"base-rc","priority":0}'),
+            ]:
+                code, _, _ = http_request(px.port, "POST", "/v1/completions", body=sent_raw)
+                assert code == 200
+                assert fake.bodies[-1].decode() == want, (sent_raw, fake.bodies[-1], want)
     finally:
         fake.stop()
 
