@@ -415,6 +415,16 @@ constexpr Key kKeys[] = {
             "replica by the delay it would add to a busy fast one.",
      .real = TR_CFG(double, routing.imposed_cap)},
     {.section = S::routing,
+     .name = "observed_itl",
+     .kind = K::u32,
+     .default_text = "0",
+     .min = 0,
+     .max = 1,
+     .doc = "1: a replica's predicted decode is no faster than its measured inter-token latency "
+            "(which carries the prefill of the requests that keep arriving there); 0: from the "
+            "step-time fit and the batch alone.",
+     .u32 = TR_CFG(uint32_t, routing.observed_itl)},
+    {.section = S::routing,
      .name = "sample_above",
      .kind = K::u32,
      .default_text = "16",

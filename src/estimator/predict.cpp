@@ -35,7 +35,8 @@ inline double ahead_of(const PerPriorityClass& by_class, double total, size_t cl
 // priority or LoRA terms differs from the value under which they are off.
 inline bool uses_extensions(const ReplicaLoad& r, const RequestCost& q) {
   return (r.engines > 1) | (r.long_prefill_threshold > 0) | (r.kv_free_tokens >= 0) |
-         (r.preemptions_per_s > 0) | r.priority_scheduling | (q.adapter & !r.adapter_resident);
+         (r.preemptions_per_s > 0) | r.priority_scheduling | (q.adapter & !r.adapter_resident) |
+         (r.observed_itl_s > 0);
 }
 
 }  // namespace
@@ -165,9 +166,16 @@ inline Prediction predict_impl(const ReplicaLoad& r, const RequestCost& q) {
     }
   }
 
-  // Decode in the batch we join, prefill ahead already done.
+  // Decode in the batch we join, prefill ahead already done; no slower than
+  // the engine's recent inter-token latency plus our own token (which also
+  // carries the prefill chunks of the requests that keep arriving there).
   const double batch = std::min(running + waiting_all + 1, seqs);
-  const double decode_s = (output - 1) * (base + per_token * batch);
+  double itl_s = base + per_token * batch;
+  if constexpr (kExtended) {
+    const double observed = std::min(clean_amount(r.observed_itl_s), kStepBaseMaxS);
+    itl_s = std::max(itl_s, observed + per_token);
+  }
+  const double decode_s = (output - 1) * itl_s;
 
   // What joining costs the requests already running there.
   double imposed_s = per_token * decodes * (prompt + std::min(output, mean_remaining));

@@ -97,10 +97,14 @@
 //
 // Decoding. By FCFS all prefill ahead of us is done when our first token
 // comes, so our inter-token steps are decode steps of the batch we join
-// (prefill of requests arriving after us is unknown and not counted):
+// (prefill of requests arriving after us is unknown to the model):
 //   Dq    = min(running + waiting + 1, S)
-//   itl_s = step(Dq)
+//   itl_s = max(step(Dq), observed_itl + per_token)
 //   decode_s = (o - 1) * itl_s             o = output tokens (>= 1)
+// where observed_itl is the engine's recent mean inter-token latency from its
+// metrics (0 when unknown): on an engine that keeps receiving long prompts,
+// every decode step also carries their prefill chunks, which step(Dq) cannot
+// see; the measured ITL does.
 //
 // KV-cache pressure. A nearly full KV cache means preemption (recompute) and
 // admission stalls, so (u = kv_usage, unknown -> no penalty):
@@ -250,6 +254,7 @@ struct ReplicaLoad {                              // one replica as the estimato
   uint32_t max_loras = 0;               // --max-loras (0 = unknown: unlimited)
   double loras_running = 0;             // adapters running on the engine
   double lora_load_s = kDefaultLoraLoadS;  // cost of loading an adapter that is not running
+  double observed_itl_s = 0;  // the engine's recent mean inter-token latency (0 = unknown)
   // Breakdown of waiting / prefill_tokens_queued by priority_class(); read
   // only with priority_scheduling; what it does not cover counts as class 1.
   PerPriorityClass waiting_by_class{};

@@ -236,6 +236,16 @@ struct Poller::Impl final : HttpHandler {
         st.preemptions_per_s =
             static_cast<float>(0.7 * st.preemptions_per_s + 0.3 * d_preempt / interval_s);
       }
+      // Inter-token latency as requests see it now (prefill chunks included).
+      double d_itl_n = delta(em.itl.count, p.itl.count);
+      double d_itl_s = delta(em.itl.sum, p.itl.sum);
+      if (d_itl_n > 0 && d_itl_s >= 0) {
+        double itl = d_itl_s / d_itl_n;
+        st.itl_ewma_s = st.itl_ewma_s > 0 ? static_cast<float>(0.95 * st.itl_ewma_s + 0.05 * itl)
+                                          : static_cast<float>(itl);
+      } else if (d_itl_n == 0) {
+        st.itl_ewma_s *= 0.9f;  // idle: what it was says less and less
+      }
       double d_queries = delta(em.prefix_queries, p.prefix_queries);
       double d_hits = delta(em.prefix_hits, p.prefix_hits);
       if (d_queries > 0 && d_hits >= 0) st.prefix_hit_rate = static_cast<float>(d_hits / d_queries);
@@ -355,6 +365,7 @@ struct Poller::Impl final : HttpHandler {
       rs.kv_usage = st.kv_usage;
       rs.kv_free_tokens = st.kv_free_tokens;
       rs.preemptions_per_s = st.preemptions_per_s;
+      rs.itl_ewma_s = st.itl_ewma_s;
       rs.engines = static_cast<uint16_t>(std::clamp<uint32_t>(st.engines, 1, UINT16_MAX));
       rs.max_lora = static_cast<int16_t>(std::clamp<int32_t>(st.max_lora, -1, INT16_MAX));
       rs.loras_running = static_cast<uint16_t>(std::min<uint32_t>(st.loras_running, UINT16_MAX));

@@ -49,7 +49,9 @@ constexpr double kForeignOutputTokens = 128;
 constexpr int64_t kLearnedTtlMs = 30000;
 
 TableSource::TableSource(const Config* cfg, const scores::Table* table)
-    : table_(table), slow_start_ms_(cfg->eject.slow_start_ms) {
+    : table_(table),
+      slow_start_ms_(cfg->eject.slow_start_ms),
+      use_observed_itl_(cfg->routing.observed_itl != 0) {
   fixed_.reserve(cfg->backends.size());
   for (const BackendConfig& b : cfg->backends) {
     uint32_t limit = b.max_inflight                ? b.max_inflight
@@ -119,6 +121,7 @@ void TableSource::view(size_t i, routing::ReplicaView* v) const {
   l.long_prefill_threshold = f.long_prefill_threshold;
   l.kv_free_tokens = scraped ? st.kv_free_tokens : -1;
   l.preemptions_per_s = scraped ? st.preemptions_per_s : 0;
+  l.observed_itl_s = scraped && use_observed_itl_ ? st.itl_ewma_s : 0;
   l.priority_scheduling = f.priority_scheduling;
   if (adapter_hash_ != 0) {
     l.adapter_resident = std::find(std::begin(st.lora_hashes), std::end(st.lora_hashes),

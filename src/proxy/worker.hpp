@@ -73,6 +73,7 @@ class TableSource final : public routing::ReplicaSource {
   const scores::Table* table_;
   std::vector<Fixed> fixed_;
   uint32_t slow_start_ms_;
+  bool use_observed_itl_;
   mutable int64_t now_ms_ = 0;
   mutable uint32_t adapter_hash_ = 0;
   mutable int64_t priority_ = 0;

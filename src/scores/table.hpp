@@ -75,6 +75,7 @@ struct ScrapedState {
   // front end picks the least loaded: fewest 4 x waiting + running).
   float kv_free_tokens = -1;    // free KV of that engine, tokens; -1 unknown
   float preemptions_per_s = 0;  // vllm:num_preemptions_total rate, smoothed
+  float itl_ewma_s = 0;         // mean inter-token latency, smoothed over ~2 s (0 = none)
   uint32_t peak_running = 0;    // most requests one engine has run at once, seen
   uint32_t learned_seqs = 0;    // max_num_seqs learned (0 = use the default)
   uint32_t learned_budget = 0;  // max_num_batched_tokens learned (0 = default)
@@ -93,6 +94,7 @@ struct RoutingState {
   float step_per_token_s = 0;
   float kv_free_tokens = -1;  // of the engine a request would join; -1 unknown
   float preemptions_per_s = 0;
+  float itl_ewma_s = 0;  // smoothed inter-token latency; 0 unknown
   uint16_t engines = 1;
   int16_t max_lora = -1;  // -1 unknown
   uint16_t loras_running = 0;

@@ -705,6 +705,7 @@ TEST_CASE("reference_markdown mentions every key", "[config]") {
       {"[backend NAME]", "api_key"},
       {"[backend NAME]", "max_inflight"},
       {"[routing]", "imposed_cap"},
+      {"[routing]", "observed_itl"},
       {"[backend NAME]", "models"},
       {"[backend NAME]", "scheduling"},
       {"[backend NAME]", "long_prefill_token_threshold"},

@@ -1402,3 +1402,22 @@ TEST_CASE("prompt tokens of mixed text: per-class weights learned from usage",
   // shared entry learned from everything.
   CHECK(l.prompt_tokens(fact(1200, 0, 1100)) == l.prompt_tokens(cjk));
 }
+
+TEST_CASE("decode is no faster than the engine's measured inter-token latency", "[estimator]") {
+  ReplicaLoad r;
+  r.step_base_s = 0.010;
+  r.step_per_token_s = 100e-6;
+  r.running = 9;  // we make the batch 10: step = 10 ms + 100 us x 10 = 11 ms
+  RequestCost q{100, 101};
+  Prediction plain = predict(r, q);
+  // Measured 40 ms between tokens (long prompts keep arriving): decode is
+  // 100 x (40 ms + 0.1 ms) instead of 100 x 11 ms.
+  r.observed_itl_s = 0.040;
+  Prediction slow = predict(r, q);
+  CHECK(slow.ttft_s == Approx(plain.ttft_s));
+  CHECK(slow.completion_s - slow.ttft_s == Approx(100 * 0.0401));
+  CHECK(plain.completion_s - plain.ttft_s == Approx(100 * 0.011));
+  // A measured ITL below the model's step changes nothing.
+  r.observed_itl_s = 0.005;
+  CHECK(predict(r, q).completion_s == Approx(plain.completion_s));
+}
