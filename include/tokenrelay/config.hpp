@@ -132,7 +132,7 @@ struct RoutingConfig {
   double ttft_weight = 1.0;        // [routing] ttft_weight: score = completion + w * ttft
   double imposed_weight = 0.3;     // [routing] imposed_weight: + w * delay added to others
   double imposed_cap = 0;          // [routing] imposed_cap: that delay <= cap x own completion
-  uint32_t observed_itl = 0;       // [routing] observed_itl: decode >= measured ITL
+  uint32_t observed_itl = 1;       // [routing] observed_itl: decode >= measured ITL
   uint32_t sample_above = 16;      // [routing] sample_above: sample beyond this many replicas
   uint32_t sample_size = 12;       // [routing] sample_size: replicas evaluated per decision
 };
