@@ -36,8 +36,8 @@ struct InferenceRequest {
   // mixed_tokens() into <prompt_mixed_tokens>, which prompt_tokens() then uses.
   bool tokenizer_mixed = false;
   uint64_t prompt_mixed_tokens = 0;
-  uint32_t prompt_ids = 0;    // token ids given directly (completions)
-  uint32_t messages = 0;      // chat messages
+  uint32_t prompt_ids = 0;  // token ids given directly (completions)
+  uint32_t messages = 0;    // chat messages
   // Bytes the prefix cache hashes: chat = role, 0x1f, content, 0x1e per
   // message; completions = the prompt text, or 4 bytes per token id.
   std::string prefix_bytes;

@@ -140,8 +140,7 @@ CharClass classify(uint32_t cp) {
   }
   // Latin-1 and general punctuation, symbols, arrows, box drawing, the
   // replacement character: symbols. Other non-ASCII letters: words.
-  if (cp <= 0xBF || cp == 0xD7 || cp == 0xF7 || (cp >= 0x2000 && cp <= 0x2BFF) ||
-      cp == 0xFFFD) {
+  if (cp <= 0xBF || cp == 0xD7 || cp == 0xF7 || (cp >= 0x2000 && cp <= 0x2BFF) || cp == 0xFFFD) {
     return CharClass::symbol;
   }
   return CharClass::word;
