@@ -124,26 +124,22 @@ void render_model_metrics(std::string* out, const Sources& src) {
     appendf(out, "tokenrelay_model_inflight_requests{model=\"%s\"} %lld\n", model_label(m).c_str(),
             static_cast<long long>(v));
   });
-  family(out, "tokenrelay_model_prompt_tokens_total", "counter",
-         "Prompt tokens of answered requests, from the replicas' usage.");
-  slots([&](size_t m) {
-    appendf(out, "tokenrelay_model_prompt_tokens_total{model=\"%s\"} %llu\n",
-            model_label(m).c_str(),
-            static_cast<unsigned long long>(
-                sum(m, [](const proxy::ModelStats& s) { return s.prompt_tokens.get(); })));
-  });
-  family(out, "tokenrelay_model_completion_tokens_total", "counter",
-         "Completion tokens of answered requests (usage, else relayed token events).");
-  slots([&](size_t m) {
-    appendf(out, "tokenrelay_model_completion_tokens_total{model=\"%s\"} %llu\n",
-            model_label(m).c_str(),
-            static_cast<unsigned long long>(
-                sum(m, [](const proxy::ModelStats& s) { return s.completion_tokens.get(); })));
-  });
+  // One counter per model slot: <name>{model} summed over workers.
+  auto counter = [&](const char* name, const char* help, auto get) {
+    family(out, name, "counter", help);
+    slots([&](size_t m) {
+      appendf(out, "%s{model=\"%s\"} %llu\n", name, model_label(m).c_str(),
+              static_cast<unsigned long long>(sum(m, get)));
+    });
+  };
+  counter("tokenrelay_model_prompt_tokens_total",
+          "Prompt tokens of answered requests, from the replicas' usage.",
+          [](const proxy::ModelStats& s) { return s.prompt_tokens.get(); });
+  counter("tokenrelay_model_completion_tokens_total",
+          "Completion tokens of answered requests (usage, else relayed token events).",
+          [](const proxy::ModelStats& s) { return s.completion_tokens.get(); });
   if (src.catalog == nullptr) return;
-  std::shared_ptr<const models::Catalog> cat;
-  uint64_t seen = 0;
-  src.catalog->refresh(&cat, &seen);
+  std::shared_ptr<const models::Catalog> cat = src.catalog->current();
   family(out, "tokenrelay_model_backends", "gauge",
          "Replicas serving the model (its pool), by health.");
   for (const models::Model& m : cat->models()) {
@@ -383,9 +379,7 @@ std::string render_metrics(const Sources& src) {
 // "models" and "aliases" of /status: the pools routing uses.
 void render_model_status(std::string* out, const Sources& src) {
   if (src.catalog == nullptr) return;
-  std::shared_ptr<const models::Catalog> cat;
-  uint64_t seen = 0;
-  src.catalog->refresh(&cat, &seen);
+  std::shared_ptr<const models::Catalog> cat = src.catalog->current();
   const auto& backends = src.cfg->backends;
   *out += ",\"models\":[";
   bool first = true;

@@ -151,6 +151,11 @@ class CatalogCell {
     version_.fetch_add(1, std::memory_order_release);
   }
   uint64_t version() const { return version_.load(std::memory_order_acquire); }
+  // The latest catalog (takes the lock: for readers off the request path).
+  std::shared_ptr<const Catalog> current() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return current_;
+  }
   // Refreshes *cached when the cell changed since *seen. The lock is taken
   // only then (a few times a minute at most).
   void refresh(std::shared_ptr<const Catalog>* cached, uint64_t* seen) const {
